@@ -1,0 +1,246 @@
+"""The ``nst-batch`` flow: validate, plan, fan out, collect, report.
+
+Every parameter is a JSON value, so a deployment can schedule the flow and
+pass them from the Prefect UI.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.futures import as_completed
+
+from flows.manifest import Manifest, ManifestError, folder_manifest, load_manifest
+from flows.plan import OutputLock, Plan, PlannedPair, default_output_dir, make_plan
+from flows.report import PairRecord, ReportWriter, publish_artifacts
+from flows.tasks import PairFailedError, PairJob, run_pair
+from flows.workers import make_task_runner, plan_cluster, shared_api_settings, start_task_runner
+
+__all__ = ["BatchFailedError", "load_batch", "run_batch", "resolve_weights"]
+
+logger = logging.getLogger(__name__)
+
+PairListener = Callable[[PairRecord], None]
+
+
+class BatchFailedError(RuntimeError):
+    """At least one pair of a batch failed; every other pair ran.
+
+    Attributes:
+        summary: The batch summary, as returned by `run_batch` on success.
+    """
+
+    def __init__(self, summary: dict[str, Any]) -> None:
+        self.summary = summary
+        super().__init__(
+            f"{summary['failed']} of {summary['pairs']} pairs failed; see the error column of {summary['report']}"
+        )
+
+    def __reduce__(self):
+        return type(self), (self.summary,)
+
+
+def resolve_weights(weights: str) -> str:
+    """Return ``weights`` with a local file made absolute, so that every worker finds it."""
+    path = Path(weights).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    return weights
+
+
+def load_batch(
+    manifest: str | None = None,
+    content_dir: str | None = None,
+    style_dir: str | None = None,
+    *,
+    content_glob: str | None = None,
+    style_glob: str | None = None,
+    output_dir: str | None = None,
+    weights: str = "IMAGENET1K_V1",
+    force: bool = False,
+) -> tuple[Manifest, Plan]:
+    """Load a manifest (or two folders) and plan its outputs, without raising for problems.
+
+    Returns:
+        The manifest and the plan; their ``problems`` lists hold every problem found.
+
+    Raises:
+        ValueError: If neither a manifest nor both folders are given, or both are.
+        ManifestError: If the manifest file cannot be read at all.
+    """
+    from nst_core import weights_id
+
+    if manifest is not None and (content_dir is not None or style_dir is not None):
+        raise ValueError("Give either a manifest or content_dir and style_dir, not both")
+    if manifest is not None:
+        loaded = load_manifest(manifest)
+    elif content_dir is not None and style_dir is not None:
+        loaded = folder_manifest(content_dir, style_dir, content_glob=content_glob, style_glob=style_glob)
+    else:
+        raise ValueError("Give a manifest file, or both content_dir and style_dir for folder mode")
+
+    target = Path(output_dir) if output_dir is not None else default_output_dir(loaded)
+    plan = make_plan(loaded, target, weights_identity=weights_id(weights), force=force)
+    return loaded, plan
+
+
+@flow(name="nst-batch", validate_parameters=True)
+def run_batch(
+    manifest: str | None = None,
+    output_dir: str | None = None,
+    devices: list[str] | None = None,
+    workers: int | None = None,
+    cluster: str | None = None,
+    weights: str | None = "IMAGENET1K_V1",
+    force: bool = False,
+    content_dir: str | None = None,
+    style_dir: str | None = None,
+    content_glob: str | None = None,
+    style_glob: str | None = None,
+) -> dict[str, Any]:
+    """Stylise every pair of a manifest, or every content image with every style image.
+
+    Pairs whose output was made earlier with the same settings are skipped.
+    A failing pair is reported and the others go on.
+
+    Args:
+        manifest: YAML or CSV manifest. Leave out for folder mode.
+        output_dir: Folder for the images and ``report.csv``. Defaults to
+            ``outputs/`` beside the manifest, or in the working directory in
+            folder mode.
+        devices: Devices of the local workers, one worker each, such as
+            ``["cuda:0", "cuda:2"]``. Defaults to every visible GPU, or the CPU.
+        workers: Number of CPU worker processes when there is no GPU. Defaults to 1.
+        cluster: ``tcp://HOST:PORT`` of a running Dask scheduler to use instead
+            of a local cluster.
+        weights: ``"IMAGENET1K_V1"``, ``"random"`` or a ``.pth`` file. Defaults
+            to ``"IMAGENET1K_V1"``.
+        force: Run every pair, even those already done. Defaults to False.
+        content_dir: Folder of content images, for folder mode.
+        style_dir: Folder of style images, for folder mode.
+        content_glob: Pattern selecting the content files, such as ``*.jpg``.
+        style_glob: Pattern selecting the style files.
+
+    Returns:
+        Counts of the pairs (``pairs``, ``done``, ``skipped``, ``failed``), the
+        wall time in seconds, and the paths of the output folder and report.
+
+    Raises:
+        ManifestError: If the manifest has problems; nothing runs.
+        BatchFailedError: If any pair failed, after every pair has run.
+    """
+    run_logger = get_run_logger()
+    started = time.perf_counter()
+    weights = resolve_weights(weights or "IMAGENET1K_V1")
+
+    loaded, plan = load_batch(
+        manifest,
+        content_dir,
+        style_dir,
+        content_glob=content_glob,
+        style_glob=style_glob,
+        output_dir=output_dir,
+        weights=weights,
+        force=force,
+    )
+    problems = loaded.problems + plan.problems
+    if problems:
+        raise ManifestError(loaded.name, problems)
+    cluster_plan = plan_cluster(devices, workers, cluster)
+
+    with OutputLock(plan.output_dir), ReportWriter(plan.output_dir / "report.csv") as report:
+        skipped = [_skipped_record(pair) for pair in plan.to_skip]
+        report.start(skipped)
+        records: list[PairRecord] = list(skipped)
+        listeners = _pair_listeners(report, records, run_logger)
+        run_logger.info(
+            "Planned %d pairs from %s: %d to run, %d already done; output folder %s",
+            len(plan.pairs), loaded.name, len(plan.to_run), len(skipped), plan.output_dir,
+        )
+
+        if plan.to_run:
+            run_logger.info("Starting %s", cluster_plan.describe())
+            with shared_api_settings(), make_task_runner(cluster_plan) as runner:
+                start_task_runner(runner, cluster_plan)
+                jobs = {}
+                for pair in plan.to_run:
+                    job = PairJob.from_planned(pair, plan.output_dir, weights)
+                    jobs[runner.submit(run_pair, {"job": job})] = job
+                for future in as_completed(list(jobs)):
+                    record = _collect(future, jobs[future], run_logger)
+                    for listener in listeners:
+                        listener(record)
+
+    elapsed = time.perf_counter() - started
+    publish_artifacts(records, elapsed, plan.output_dir)
+    counts = Counter(record.status for record in records)
+    summary = {
+        "pairs": len(records),
+        "done": counts["done"],
+        "skipped": counts["skipped"],
+        "failed": counts["failed"],
+        "seconds": round(elapsed, 3),
+        "output_dir": str(plan.output_dir),
+        "report": str(plan.output_dir / "report.csv"),
+    }
+    run_logger.info(
+        "Finished %d pairs in %.1f s: %d done, %d skipped, %d failed",
+        summary["pairs"], elapsed, summary["done"], summary["skipped"], summary["failed"],
+    )
+    if summary["failed"]:
+        raise BatchFailedError(summary)
+    return summary
+
+
+def _pair_listeners(report: ReportWriter, records: list[PairRecord], run_logger: Any) -> list[PairListener]:
+    """Return the functions called with each finished pair's record, in order.
+
+    The report row is written first, so that a later listener that fails
+    cannot lose it.
+    """
+
+    def log_pair(record: PairRecord) -> None:
+        if record.status == "failed":
+            run_logger.error("failed %s: %s", record.pair_id, record.error)
+        else:
+            run_logger.info(
+                "done %s in %.1f s on %s (%s)", record.pair_id, record.total_seconds or 0.0, record.device, record.worker
+            )
+
+    return [report.add, records.append, log_pair]
+
+
+def _collect(future: Any, job: PairJob, run_logger: Any) -> PairRecord:
+    try:
+        return future.result()
+    except PairFailedError as error:
+        return error.record
+    except Exception as error:
+        # The worker process died or the task crashed before it could build its row.
+        run_logger.error("Pair %s crashed: %s", job.pair_id, error, exc_info=True)
+        record = job.base_record("failed")
+        record.error = f"{type(error).__name__}: {error}"
+        record.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        return record
+
+
+def _skipped_record(pair: PlannedPair) -> PairRecord:
+    previous = pair.previous or {}
+    return PairRecord.from_row(
+        previous,
+        pair_id=pair.pair_id,
+        content=str(pair.content),
+        style=str(pair.style),
+        output=str(pair.output),
+        status="skipped",
+        error="",
+        settings_hash=pair.settings_hash,
+        seed=pair.settings.seed,
+    )

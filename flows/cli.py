@@ -1,0 +1,227 @@
+"""The ``nst`` command.
+
+Each subcommand has an ``_add_<name>_parser`` function that declares its
+options and a ``_run_<name>`` function that runs it and returns the exit code.
+
+Exit codes of ``nst run``: 0 when every pair is done or skipped, 1 when any
+pair failed (or the run could not start), 2 for an invalid manifest or option.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+__all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_INVALID"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+
+#: Prefect settings that send usage data over the network, turned off unless
+#: the user sets them. ``DO_NOT_TRACK`` turns off the client-side analytics of
+#: Prefect 3.x; ``PREFECT_SERVER_ANALYTICS_ENABLED`` those of the embedded server.
+_OFFLINE_DEFAULTS = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``nst`` command with ``argv`` (defaults to ``sys.argv[1:]``) and return the exit code."""
+    for name, value in _OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+    parser = argparse.ArgumentParser(prog="nst", description="Batch neural style transfer with MobileNetV2.")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_run_parser(subparsers)
+    _add_validate_parser(subparsers)
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+# --- shared options ---------------------------------------------------------
+
+
+def _add_manifest_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("manifest", nargs="?", help="YAML or CSV manifest of content/style pairs")
+    parser.add_argument("--content-dir", help="folder of content images: every one is paired with every style image")
+    parser.add_argument("--style-dir", help="folder of style images, for --content-dir")
+    parser.add_argument("--content-glob", help="pattern selecting the content files, such as '*.jpg'")
+    parser.add_argument("--style-glob", help="pattern selecting the style files")
+    parser.add_argument(
+        "--output-dir",
+        help="folder for the images and report.csv (default: outputs/ beside the manifest, "
+        "or ./outputs with --content-dir)",
+    )
+    parser.add_argument(
+        "--weights",
+        default="IMAGENET1K_V1",
+        help="MobileNetV2 weights: IMAGENET1K_V1, random, or a .pth file (default: IMAGENET1K_V1)",
+    )
+    parser.add_argument("--force", action="store_true", help="run every pair, even those already done")
+
+
+def _check_manifest_arguments(parser_name: str, args: argparse.Namespace) -> str | None:
+    folders = args.content_dir is not None or args.style_dir is not None
+    if args.manifest is not None and folders:
+        return f"nst {parser_name}: give either MANIFEST or --content-dir/--style-dir, not both"
+    if args.manifest is None and not (args.content_dir and args.style_dir):
+        return f"nst {parser_name}: give a MANIFEST file, or both --content-dir and --style-dir"
+    return None
+
+
+def _load(args: argparse.Namespace):
+    from flows.batch import load_batch, resolve_weights
+
+    weights = resolve_weights(args.weights)
+    return load_batch(
+        args.manifest,
+        args.content_dir,
+        args.style_dir,
+        content_glob=args.content_glob,
+        style_glob=args.style_glob,
+        output_dir=args.output_dir,
+        weights=weights,
+        force=args.force,
+    )
+
+
+def _print_problems(problems: Sequence[str], source: str) -> None:
+    print(f"{source}: {len(problems)} problems, nothing was run:", file=sys.stderr)
+    for problem in problems:
+        print(f"  {problem}", file=sys.stderr)
+
+
+# --- nst validate -----------------------------------------------------------
+
+
+def _add_validate_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "validate",
+        help="check a manifest and print the plan",
+        description="Check a manifest without running it: print the pairs to run, the pairs already done "
+        "and every problem. Exits 2 when the manifest is invalid.",
+    )
+    _add_manifest_arguments(parser)
+    parser.set_defaults(handler=_run_validate)
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    from flows.manifest import ManifestError
+
+    usage_error = _check_manifest_arguments("validate", args)
+    if usage_error:
+        print(usage_error, file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        manifest, plan = _load(args)
+    except (ManifestError, ValueError) as error:
+        print(error, file=sys.stderr)
+        return EXIT_INVALID
+
+    print(f"Manifest: {manifest.name}")
+    print(f"Output folder: {plan.output_dir}")
+    for pair in plan.pairs:
+        label = "run " if pair.action == "run" else "done"
+        print(f"  {label}  {pair.pair_id}  ({pair.location})")
+    print(f"{len(plan.to_run)} pairs to run, {len(plan.to_skip)} already done")
+    problems = manifest.problems + plan.problems
+    if problems:
+        _print_problems(problems, manifest.name)
+        return EXIT_INVALID
+    return EXIT_OK
+
+
+# --- nst run ----------------------------------------------------------------
+
+
+def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="stylise every pair of a manifest or two folders",
+        description="Stylise every pair as a Prefect flow on a Dask cluster, skipping pairs already done, "
+        "and write report.csv. Exits 0 when every pair is done or skipped, 1 when any failed, 2 for an "
+        "invalid manifest.",
+    )
+    _add_manifest_arguments(parser)
+    parser.add_argument(
+        "--devices",
+        help="comma-separated devices, one worker each, such as cuda:0,cuda:2 (default: every visible GPU, "
+        "or the CPU)",
+    )
+    parser.add_argument(
+        "--workers", type=int, help="number of CPU worker processes when there is no GPU (default: 1)"
+    )
+    parser.add_argument("--cluster", help="address tcp://HOST:PORT of a running Dask scheduler to use")
+    parser.set_defaults(handler=_run_run)
+
+
+def _run_run(args: argparse.Namespace) -> int:
+    from flows.manifest import ManifestError
+
+    usage_error = _check_manifest_arguments("run", args)
+    if usage_error:
+        print(usage_error, file=sys.stderr)
+        return EXIT_INVALID
+    devices = [item.strip() for item in args.devices.split(",") if item.strip()] if args.devices else None
+    try:
+        manifest, plan = _load(args)
+        problems = manifest.problems + plan.problems
+        if problems:
+            _print_problems(problems, manifest.name)
+            return EXIT_INVALID
+        from flows.workers import plan_cluster
+
+        plan_cluster(devices, args.workers, args.cluster)
+    except (ManifestError, ValueError) as error:
+        print(f"nst run: {error}", file=sys.stderr)
+        return EXIT_INVALID
+
+    from flows.batch import BatchFailedError, resolve_weights, run_batch
+
+    # The local scheduler runs in this process; its INFO lines would bury the per-pair lines.
+    logging.getLogger("distributed").setLevel(logging.WARNING)
+
+    state = run_batch(
+        manifest=str(Path(args.manifest).resolve()) if args.manifest else None,
+        output_dir=str(plan.output_dir),
+        devices=devices,
+        workers=args.workers,
+        cluster=args.cluster,
+        weights=resolve_weights(args.weights),
+        force=args.force,
+        content_dir=str(Path(args.content_dir).resolve()) if args.content_dir else None,
+        style_dir=str(Path(args.style_dir).resolve()) if args.style_dir else None,
+        content_glob=args.content_glob,
+        style_glob=args.style_glob,
+        return_state=True,
+    )
+    outcome = state.result(raise_on_failure=False)
+    if isinstance(outcome, BatchFailedError):
+        _print_summary(outcome.summary)
+        return EXIT_FAILED
+    if isinstance(outcome, ManifestError):
+        _print_problems(outcome.problems, outcome.source)
+        return EXIT_INVALID
+    if isinstance(outcome, BaseException):
+        print(f"nst run: the batch stopped: {type(outcome).__name__}: {outcome}", file=sys.stderr)
+        return EXIT_FAILED
+    _print_summary(outcome)
+    return EXIT_OK
+
+
+def _print_summary(summary: dict) -> None:
+    print(
+        f"{summary['pairs']} pairs: {summary['done']} done, {summary['skipped']} skipped, "
+        f"{summary['failed']} failed in {summary['seconds']:.1f} s. Report: {summary['report']}"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
