@@ -41,6 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_run_parser(subparsers)
     _add_validate_parser(subparsers)
+    _add_report_parser(subparsers)
     args = parser.parse_args(argv)
     return args.handler(args)
 
@@ -135,6 +136,38 @@ def _run_validate(args: argparse.Namespace) -> int:
     if problems:
         _print_problems(problems, manifest.name)
         return EXIT_INVALID
+    return EXIT_OK
+
+
+# --- nst report -------------------------------------------------------------
+
+
+def _add_report_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="rebuild the contact sheet and loss plots of a run",
+        description="Rebuild report.html, loss_curves.png, thumbnails/ and curves/ in OUTPUT_DIR from its "
+        "report.csv and loss histories. A last line cut off by an interrupted run is skipped with a warning, "
+        "and a missing image gets a placeholder. Exits 2 when OUTPUT_DIR holds no readable report.csv.",
+    )
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="the run's output folder, which holds report.csv")
+    parser.set_defaults(handler=_run_report)
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from flows.review import build_review
+
+    try:
+        review = build_review(args.output_dir)
+    except (OSError, ValueError) as error:
+        print(f"nst report: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    for message in review.warnings:
+        print(f"nst report: warning: {message}", file=sys.stderr)
+    counts = ", ".join(f"{count} {status}" for status, count in sorted(review.counts().items()))
+    print(f"{len(review.rows)} pairs ({counts or 'none'}), {len(review.flags)} loss curves flagged")
+    print(f"Contact sheet: {review.html.resolve()}")
+    print(f"Loss curves: {review.plot.resolve()}")
     return EXIT_OK
 
 

@@ -1,0 +1,863 @@
+"""The morning review of a run: contact sheet, thumbnails and loss curves.
+
+Everything here is rebuilt from the run's own records, ``report.csv`` and
+``histories/<pair_id>.csv`` in the output folder, so a review can be made again
+after an interrupted run or on another machine. The files written are:
+
+- ``report.html``: the contact sheet, one row per pair, which opens from the
+  file system with no server and no network;
+- ``thumbnails/``: small JPEG copies of the content, style and output images;
+- ``curves/``: one small loss-curve PNG per pair, shown in its row;
+- ``loss_curves.png``: total, content and style loss of every pair.
+
+A loss curve is flagged when the run did not converge well (see
+:class:`CurveCheck`); the rule is printed on the page.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import html
+import io
+import logging
+import math
+import os
+import re
+import tempfile
+import urllib.parse
+from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+from matplotlib.figure import Figure  # noqa: E402  (the backend is chosen first)
+from PIL import Image, ImageDraw, ImageOps  # noqa: E402
+
+from flows.report import COLUMNS, HISTORY_COLUMNS, TEXT_COLUMNS, unescape_cell  # noqa: E402
+
+__all__ = [
+    "CurveCheck",
+    "LossCurves",
+    "ReviewRow",
+    "Review",
+    "read_report_rows",
+    "read_history",
+    "draw_loss_curves",
+    "plot_pair_curve",
+    "relative_url",
+    "build_review",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Number columns of ``report.csv`` that hold whole numbers.
+_INT_COLUMNS = ("width", "height", "steps", "seed")
+
+HTML_NAME = "report.html"
+PLOT_NAME = "loss_curves.png"
+THUMBNAIL_DIR = "thumbnails"
+CURVE_DIR = "curves"
+
+#: Side length in pixels that thumbnails fit into.
+DEFAULT_THUMBNAIL_SIZE = 160
+
+#: Names of the generated files, so that stale ones can be removed safely.
+_GENERATED_NAME = re.compile(r"^[0-9a-f]{20}\.(jpg|png)$")
+_MISSING_NAME = "missing.png"
+
+
+# --- reading the run's records ----------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ReviewRow:
+    """One pair as the contact sheet shows it: the last report row of its pair.
+
+    Attributes:
+        line: Line of ``report.csv`` on which the row ends (the header is line 1).
+        values: Every column of the row. Text columns are strings with the
+            spreadsheet quote removed, number columns are ``int`` or ``float``,
+            or ``None`` where the cell is empty or not a number.
+    """
+
+    line: int
+    values: dict[str, object]
+
+    @property
+    def pair_id(self) -> str:
+        """Identifier of the pair, the output file's stem."""
+        return str(self.values["pair_id"])
+
+    @property
+    def status(self) -> str:
+        """``done``, ``failed`` or ``skipped``."""
+        return str(self.values["status"])
+
+    def text(self, column: str) -> str:
+        """Return a text column, empty when absent."""
+        value = self.values.get(column)
+        return "" if value is None else str(value)
+
+    def number(self, column: str) -> float | None:
+        """Return a number column, ``None`` when empty or not finite."""
+        value = self.values.get(column)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            return float(value)
+        return None
+
+
+def read_report_rows(path: str | os.PathLike[str]) -> tuple[list[ReviewRow], list[str]]:
+    """Read ``report.csv`` into one row per pair, tolerating a cut-off file.
+
+    A run that was killed can leave a last line without its line break, or a
+    row with missing cells. Such rows are skipped with a warning, and so are
+    rows whose bytes are not valid UTF-8. When a pair has several rows (a
+    resumed run appends), the last one wins; pairs keep the order in which
+    they first appear.
+
+    Args:
+        path: The report file.
+
+    Returns:
+        The rows, and one warning message per skipped line.
+
+    Raises:
+        FileNotFoundError: When the report does not exist.
+        ValueError: When the header is not the report's header.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    warnings: list[str] = []
+    reader = csv.reader(io.StringIO(raw.decode("utf-8", errors="replace"), newline=""))
+    try:
+        header = next(reader)
+    except StopIteration:
+        raise ValueError(f"report {path} is empty; run the batch first or pick its output folder") from None
+    header = [name.lstrip("\ufeff") for name in header]
+    if tuple(header) != COLUMNS:
+        raise ValueError(
+            f"report {path} does not have the report columns. Expected {', '.join(COLUMNS)}; "
+            f"got {', '.join(header)}"
+        )
+    records = [(reader.line_num, cells) for cells in reader if cells]
+
+    # A row is complete only when its line break was written. Without one at
+    # the end of the file, the last row was cut off, possibly inside a quoted
+    # cell that spans lines.
+    if records and not raw.endswith(b"\n"):
+        line, _ = records.pop()
+        warnings.append(
+            f"{path}: skipped the last line ({line}): it has no line break, so the run was interrupted "
+            "while writing it"
+        )
+
+    rows: dict[str, ReviewRow] = {}
+    for line, cells in records:
+        if len(cells) != len(COLUMNS):
+            warnings.append(
+                f"{path}: skipped line {line}: expected {len(COLUMNS)} cells, got {len(cells)} "
+                "(the run was probably interrupted while writing it)"
+            )
+            continue
+        if any("\ufffd" in cell for cell in cells):
+            warnings.append(f"{path}: skipped line {line}: it is not valid UTF-8")
+            continue
+        row = ReviewRow(line=line, values=_convert_cells(cells))
+        rows[row.pair_id] = row
+    return list(rows.values()), warnings
+
+
+def _convert_cells(cells: Sequence[str]) -> dict[str, object]:
+    values: dict[str, object] = {}
+    for column, cell in zip(COLUMNS, cells):
+        if column in TEXT_COLUMNS:
+            values[column] = unescape_cell(cell)
+        else:
+            values[column] = _parse_number(cell, int if column in _INT_COLUMNS else float)
+    return values
+
+
+def _parse_number(cell: str, kind: type) -> int | float | None:
+    text = cell.strip()
+    if not text:
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if kind is int and number.is_integer():
+        return int(number)
+    return number
+
+
+@dataclasses.dataclass(frozen=True)
+class LossCurves:
+    """The loss history of one pair, one value per optimiser step.
+
+    Attributes:
+        steps: Step numbers as the history file gives them.
+        total: Weighted total loss.
+        content: Unweighted content loss.
+        style: Unweighted style loss.
+        tv: Unweighted total-variation loss.
+    """
+
+    steps: tuple[float, ...]
+    total: tuple[float, ...]
+    content: tuple[float, ...]
+    style: tuple[float, ...]
+    tv: tuple[float, ...]
+
+
+def read_history(path: str | os.PathLike[str]) -> LossCurves:
+    """Read ``histories/<pair_id>.csv``.
+
+    Cells that are not numbers become NaN, and a last line without its line
+    break is ignored, as in :func:`read_report_rows`.
+
+    Raises:
+        FileNotFoundError: When the file does not exist.
+        ValueError: When a column is missing.
+    """
+    path = Path(path)
+    raw = path.read_bytes()
+    complete = raw if raw.endswith(b"\n") else raw.rpartition(b"\n")[0]
+    reader = csv.DictReader(io.StringIO(complete.decode("utf-8", errors="replace"), newline=""))
+    missing = [name for name in HISTORY_COLUMNS if name not in (reader.fieldnames or [])]
+    if missing:
+        raise ValueError(f"loss history {path} lacks the columns {', '.join(missing)}")
+
+    columns: dict[str, list[float]] = {name: [] for name in HISTORY_COLUMNS}
+    for record in reader:
+        for name in HISTORY_COLUMNS:
+            value = _parse_number(record.get(name) or "", float)
+            columns[name].append(math.nan if value is None else float(value))
+    return LossCurves(
+        steps=tuple(columns["step"]),
+        total=tuple(columns["total_loss"]),
+        content=tuple(columns["content_loss"]),
+        style=tuple(columns["style_loss"]),
+        tv=tuple(columns["tv_loss"]),
+    )
+
+
+# --- flagging curves that did not converge ---------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CurveCheck:
+    """The rule that flags a total-loss curve as worth a look.
+
+    A curve is flagged when any of these holds:
+
+    - a value is NaN or infinite;
+    - it turned up: the final loss is more than ``rise_tolerance`` above the
+      smallest loss of the run (``final > (1 + rise_tolerance) * minimum``);
+    - it stalled: the first loss is less than ``min_improvement`` times the
+      final loss (``first / final < min_improvement``).
+
+    Args:
+        rise_tolerance: Allowed rise of the final loss above the minimum, as a
+            fraction. Defaults to 0.1 (10 %).
+        min_improvement: Smallest accepted ratio of first to final loss.
+            Defaults to 2 (at least a halving).
+    """
+
+    rise_tolerance: float = 0.1
+    min_improvement: float = 2.0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.rise_tolerance, (int, float)) and 0 <= self.rise_tolerance < math.inf):
+            raise ValueError(f"rise_tolerance must be a finite number of at least 0. Got {self.rise_tolerance!r}")
+        if not (isinstance(self.min_improvement, (int, float)) and 1 <= self.min_improvement < math.inf):
+            raise ValueError(f"min_improvement must be a finite number of at least 1. Got {self.min_improvement!r}")
+
+    def describe(self) -> str:
+        """Return the rule as one sentence for the page and the docs."""
+        return (
+            "A loss curve is flagged when its total loss is NaN or infinite, when the final total loss is "
+            f"more than {self.rise_tolerance:.0%} above its minimum (it turned up), or when the first "
+            f"total loss is less than {self.min_improvement:g} times the final one (it stalled)."
+        )
+
+    def flag(self, total: Sequence[float]) -> str | None:
+        """Return why a total-loss curve is flagged, or ``None`` when it is not."""
+        if not total:
+            return None
+        if not all(math.isfinite(value) for value in total):
+            return "the loss became NaN or infinite"
+        if len(total) < 2:
+            return None
+        first, final, minimum = total[0], total[-1], min(total)
+        step = total.index(minimum) + 1
+        if final > (1 + self.rise_tolerance) * minimum:
+            rise = final / minimum - 1 if minimum > 0 else math.inf
+            return f"turned up: the final loss is {rise:.0%} above its minimum at step {step}"
+        if final > 0 and first / final < self.min_improvement:
+            return f"stalled: the loss fell only {first / final:.2f}-fold (less than {self.min_improvement:g}-fold)"
+        return None
+
+
+# --- thumbnails --------------------------------------------------------------
+
+
+def _resolve_image(text: str, output_dir: Path, *, is_output: bool) -> Path | None:
+    """Find an image named in the report, or return ``None`` when it is missing.
+
+    Relative paths are tried against the output folder, then the working
+    folder. An output image is also looked for by its name in the output
+    folder, so a review still finds it after the folder was moved.
+    """
+    if not text:
+        return None
+    path = Path(text)
+    candidates = [path] if path.is_absolute() else [output_dir / path, Path.cwd() / path]
+    if is_output:
+        candidates.append(output_dir / path.name)
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _digest(*parts: object) -> str:
+    return hashlib.sha256("\0".join(str(part) for part in parts).encode()).hexdigest()[:20]
+
+
+def _make_thumbnail(source: Path, folder: Path, size: int) -> Path:
+    """Write a JPEG of ``source`` that fits in ``size`` x ``size`` pixels.
+
+    The name hashes the source's path, modification time and size, so an
+    unchanged source reuses its thumbnail.
+
+    Raises:
+        OSError: When the image cannot be read or decoded.
+        ValueError: When Pillow rejects the image, such as a decompression bomb.
+    """
+    stat = source.stat()
+    target = folder / f"{_digest(source.resolve(), stat.st_mtime_ns, stat.st_size, size)}.jpg"
+    if target.is_file():
+        return target
+    try:
+        with Image.open(source) as image:
+            image.draft("RGB", (size, size))
+            image = ImageOps.exif_transpose(image)
+            image.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
+            _save_atomically(image.convert("RGB"), target, quality=85)
+    except Image.DecompressionBombError as error:
+        raise ValueError(str(error)) from error
+    return target
+
+
+def _make_placeholder(folder: Path, size: int) -> Path:
+    """Write the grey 'image not found' picture shown in place of a missing image."""
+    target = folder / _MISSING_NAME
+    image = Image.new("RGB", (size, size * 3 // 4), (225, 225, 225))
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((0, 0, image.width - 1, image.height - 1), outline=(160, 160, 160))
+    draw.text((image.width // 2, image.height // 2), "image not found", fill=(90, 90, 90), anchor="mm")
+    _save_atomically(image, target)
+    return target
+
+
+def _save_atomically(image: Image.Image, target: Path, **options: object) -> None:
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
+    os.close(handle)
+    try:
+        image.save(temporary, **options)
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+# --- plots -------------------------------------------------------------------
+
+
+def _finite_positive(steps: Sequence[float], values: Sequence[float]) -> tuple[list[float], list[float]]:
+    """Keep the points a log scale can show."""
+    points = [(x, y) for x, y in zip(steps, values) if math.isfinite(x) and math.isfinite(y) and y > 0]
+    return [x for x, _ in points], [y for _, y in points]
+
+
+def plot_pair_curve(curves: LossCurves, target: Path, *, flagged: bool, figure: Figure | None = None) -> None:
+    """Draw one pair's total, content and style loss as a small log-scale PNG.
+
+    Args:
+        curves: The pair's loss history.
+        target: PNG file to write.
+        flagged: Draw the total loss in red and the frame red.
+        figure: A figure to reuse, which saves time over hundreds of pairs.
+            Defaults to a new one.
+    """
+    figure = figure if figure is not None else Figure(figsize=(1.8, 0.9), dpi=100)
+    figure.clear()
+    axes = figure.add_axes((0.01, 0.02, 0.98, 0.96))
+    axes.set_yscale("log")
+    colour = "#c62828" if flagged else "#1f4e9c"
+    for values, style in ((curves.content, "#2e7d32"), (curves.style, "#ef8f00"), (curves.total, colour)):
+        x, y = _finite_positive(curves.steps, values)
+        if x:
+            axes.plot(x, y, color=style, linewidth=1.6 if values is curves.total else 0.9)
+    axes.set_xticks([])
+    axes.set_yticks([], minor=True)
+    axes.set_yticks([])
+    for spine in axes.spines.values():
+        spine.set_color("#c62828" if flagged else "#bbbbbb")
+        spine.set_linewidth(1.5 if flagged else 0.8)
+    _save_figure(figure, target)
+
+
+def draw_loss_curves(curves: dict[str, LossCurves], flags: dict[str, str], *, title: str) -> Figure:
+    """Draw total, content and style loss of every pair against step.
+
+    The loss axes are logarithmic and the step axis linear, so that a late
+    rise stays visible. Each panel gets one line per pair with a history. With
+    up to 20 pairs each has its own colour and a legend entry; with more,
+    unflagged curves are thin and grey so that the flagged ones stand out.
+    Flagged curves are dashed and their legend entry ends with "(flagged)".
+
+    Args:
+        curves: Loss history per pair id.
+        flags: Why a pair's curve is flagged, for flagged pair ids only.
+        title: The figure's title.
+
+    Returns:
+        The figure, with the panels total, content and style loss in order.
+    """
+    figure = Figure(figsize=(15, 5.5), dpi=100, layout="constrained")
+    panels = figure.subplots(1, 3, sharex=True)
+    many = len(curves) > 20
+    palette = matplotlib.colormaps["tab20"]
+    for index, (pair_id, history) in enumerate(curves.items()):
+        flagged = pair_id in flags
+        if many and not flagged:
+            options = {"color": "#9e9e9e", "linewidth": 0.6, "alpha": 0.5, "label": "_nolegend_"}
+        else:
+            options = {
+                "color": "#c62828" if many else palette(index % 20),
+                "linewidth": 1.8 if flagged else 1.2,
+                "linestyle": "--" if flagged else "-",
+                "label": f"{pair_id} (flagged)" if flagged else pair_id,
+            }
+        for axes, values in zip(panels, (history.total, history.content, history.style)):
+            x, y = _finite_positive(history.steps, values)
+            axes.plot(x, y, **options)
+    for axes, name in zip(panels, ("total loss (weighted)", "content loss", "style loss")):
+        axes.set_yscale("log")
+        axes.set_title(name)
+        axes.set_xlabel("step")
+        axes.grid(True, which="both", alpha=0.3)
+    if not curves:
+        panels[1].text(0.5, 0.5, "no loss histories found", ha="center", va="center", transform=panels[1].transAxes)
+    handles, labels = panels[0].get_legend_handles_labels()
+    if handles:
+        figure.legend(handles, labels, loc="outside lower center", ncols=4, fontsize="small", frameon=False)
+    figure.suptitle(title)
+    return figure
+
+
+def _save_figure(figure: Figure, target: Path) -> None:
+    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".png")
+    os.close(handle)
+    try:
+        figure.savefig(temporary, format="png")
+        os.replace(temporary, target)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+# --- the contact sheet -------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Review:
+    """What :func:`build_review` wrote.
+
+    Attributes:
+        html: The contact sheet.
+        plot: The plot of every pair's loss curves.
+        rows: One row per pair, as shown on the contact sheet.
+        flags: Why each flagged pair's curve is flagged, by pair id.
+        warnings: Lines skipped, histories and images not found.
+    """
+
+    html: Path
+    plot: Path
+    rows: list[ReviewRow]
+    flags: dict[str, str]
+    warnings: list[str]
+
+    def counts(self) -> dict[str, int]:
+        """Return the number of pairs per status."""
+        counts: dict[str, int] = {}
+        for row in self.rows:
+            counts[row.status] = counts.get(row.status, 0) + 1
+        return counts
+
+
+def relative_url(target: Path, base: Path) -> str:
+    """Return a percent-encoded URL of ``target`` relative to the folder ``base``.
+
+    Spaces, ``#``, ``?``, ``%`` and non-ASCII characters are encoded, so the
+    URL works in ``href`` and ``src`` attributes. A target on another drive
+    (Windows) has no relative path and gets an absolute ``file:`` URL.
+    """
+    try:
+        relative = os.path.relpath(target.resolve(), base.resolve())
+    except ValueError:
+        return target.resolve().as_uri()
+    return urllib.parse.quote(Path(relative).as_posix(), safe="/")
+
+
+def build_review(
+    output_dir: str | os.PathLike[str],
+    *,
+    thumbnail_size: int = DEFAULT_THUMBNAIL_SIZE,
+    curve_check: CurveCheck | None = None,
+) -> Review:
+    """Build the contact sheet and loss plots of a run from its output folder.
+
+    Reads ``report.csv`` and the histories it names, and writes
+    ``report.html``, ``loss_curves.png``, ``thumbnails/`` and ``curves/``
+    beside them. Thumbnails and curves of unchanged files are reused, and
+    generated files no longer referenced are removed. Missing or unreadable
+    images get a placeholder and missing histories an empty cell, each with a
+    warning, so a review of a partial or moved run still completes. Warnings
+    are returned, not logged, so that the caller shows them once in its own
+    way (the CLI on stderr, the flow in its run log).
+
+    Args:
+        output_dir: The run's output folder.
+        thumbnail_size: Side length in pixels that thumbnails fit into.
+            Defaults to 160.
+        curve_check: The rule that flags loss curves. Defaults to
+            ``CurveCheck()``.
+
+    Returns:
+        The files written, the rows shown and every warning.
+
+    Raises:
+        FileNotFoundError: When the folder or its ``report.csv`` does not exist.
+        ValueError: When ``report.csv`` is not a report, or ``thumbnail_size``
+            is not a positive whole number.
+    """
+    output_dir = Path(output_dir)
+    if isinstance(thumbnail_size, bool) or not isinstance(thumbnail_size, int) or thumbnail_size < 16:
+        raise ValueError(f"thumbnail_size must be a whole number of pixels, at least 16. Got {thumbnail_size!r}")
+    if not output_dir.is_dir():
+        raise FileNotFoundError(f"output folder {output_dir} not found; pass the folder that holds report.csv")
+    report_path = output_dir / "report.csv"
+    if not report_path.is_file():
+        raise FileNotFoundError(f"{report_path} not found; the run wrote no report there yet")
+    curve_check = curve_check if curve_check is not None else CurveCheck()
+
+    rows, warnings = read_report_rows(report_path)
+
+    thumbnails = output_dir / THUMBNAIL_DIR
+    curve_folder = output_dir / CURVE_DIR
+    thumbnails.mkdir(exist_ok=True)
+    curve_folder.mkdir(exist_ok=True)
+    sheet = _SheetFiles(
+        output_dir=output_dir,
+        thumbnails=thumbnails,
+        curves=curve_folder,
+        placeholder=_make_placeholder(thumbnails, thumbnail_size),
+        thumbnail_size=thumbnail_size,
+        warnings=warnings,
+    )
+
+    histories = _load_histories(rows, output_dir, warnings)
+    flags = {pair_id: flag for pair_id, curves in histories.items() if (flag := curve_check.flag(curves.total))}
+    cells = [_render_row(sheet, row, histories.get(row.pair_id), row.pair_id in flags) for row in rows]
+    referenced = {name for cell in cells for name in cell.files}
+    _remove_stale(thumbnails, referenced)
+    _remove_stale(curve_folder, referenced)
+
+    plot_path = output_dir / PLOT_NAME
+    figure = draw_loss_curves(histories, flags, title=f"Loss curves of {len(histories)} pairs in {output_dir.name}")
+    _save_figure(figure, plot_path)
+
+    html_path = output_dir / HTML_NAME
+    page = _render_page(
+        output_dir=output_dir, rows=rows, cells=cells, flags=flags, curve_check=curve_check, warnings=warnings
+    )
+    handle, temporary = tempfile.mkstemp(dir=output_dir, prefix=".tmp-", suffix=".html")
+    with os.fdopen(handle, "w", encoding="utf-8") as stream:
+        stream.write(page)
+    os.replace(temporary, html_path)
+    logger.info(
+        "Wrote %s: %d pairs, %d loss curves flagged, %d warnings", html_path, len(rows), len(flags), len(warnings)
+    )
+    return Review(html=html_path, plot=plot_path, rows=rows, flags=flags, warnings=warnings)
+
+
+def _load_histories(rows: Iterable[ReviewRow], output_dir: Path, warnings: list[str]) -> dict[str, LossCurves]:
+    histories: dict[str, LossCurves] = {}
+    for row in rows:
+        name = row.text("history")
+        if not name:
+            continue
+        path = output_dir / name
+        try:
+            histories[row.pair_id] = read_history(path)
+        except (OSError, ValueError) as error:
+            warnings.append(f"loss history of pair {row.pair_id!r} not read: {error}")
+    return histories
+
+
+@dataclasses.dataclass(frozen=True)
+class _RowCells:
+    """The HTML of the image and curve cells of one row, and the files it uses."""
+
+    images: list[str]
+    curve: str
+    files: list[str]
+
+
+@dataclasses.dataclass
+class _SheetFiles:
+    """Where one contact sheet's files go, and the warnings collected on the way."""
+
+    output_dir: Path
+    thumbnails: Path
+    curves: Path
+    placeholder: Path
+    thumbnail_size: int
+    warnings: list[str]
+    # One figure reused for every small curve: creating a figure costs more than drawing it.
+    figure: Figure = dataclasses.field(default_factory=lambda: Figure(figsize=(1.8, 0.9), dpi=100))
+
+    def url(self, target: Path) -> str:
+        return relative_url(target, self.output_dir)
+
+
+def _render_row(sheet: _SheetFiles, row: ReviewRow, history: LossCurves | None, flagged: bool) -> _RowCells:
+    images = []
+    files = []
+    for column in ("content", "style", "output"):
+        html_text, thumbnail = _image_cell(sheet, row, column)
+        images.append(html_text)
+        if thumbnail is not None:
+            files.append(thumbnail.name)
+
+    curve = '<span class="muted">no history</span>'
+    if history is not None:
+        history_path = sheet.output_dir / row.text("history")
+        stat = history_path.stat()
+        name = _digest(row.pair_id, history_path.resolve(), stat.st_mtime_ns, stat.st_size, flagged)
+        target = sheet.curves / f"{name}.png"
+        if not target.is_file():
+            plot_pair_curve(history, target, flagged=flagged, figure=sheet.figure)
+        files.append(target.name)
+        curve = (
+            f'<a href="{sheet.url(history_path)}"><img src="{sheet.url(target)}" '
+            f'alt="loss curve of {_escape(row.pair_id)}" class="curve"></a>'
+        )
+    return _RowCells(images=images, curve=curve, files=files)
+
+
+def _image_cell(sheet: _SheetFiles, row: ReviewRow, column: str) -> tuple[str, Path | None]:
+    """Return the HTML of one image cell and its thumbnail, or the placeholder's HTML and ``None``."""
+    text = row.text(column)
+    source = _resolve_image(text, sheet.output_dir, is_output=column == "output")
+    thumbnail = None
+    if source is None:
+        # A failed pair has no output image, which is no news worth a warning.
+        if text and not (column == "output" and row.status == "failed"):
+            sheet.warnings.append(f"{column} image of pair {row.pair_id!r} not found: {text}")
+    else:
+        try:
+            thumbnail = _make_thumbnail(source, sheet.thumbnails, sheet.thumbnail_size)
+        except (OSError, ValueError) as error:
+            sheet.warnings.append(f"{column} image of pair {row.pair_id!r} is unreadable: {source}: {error}")
+
+    if thumbnail is None:
+        label = f"{column} image not found or unreadable: {text}" if text else f"no {column} image"
+        return (
+            f'<img src="{sheet.url(sheet.placeholder)}" alt="{_escape(label)}" title="{_escape(label)}" '
+            'class="missing">',
+            None,
+        )
+    return (
+        f'<a href="{sheet.url(source)}"><img src="{sheet.url(thumbnail)}" '
+        f'alt="{_escape(column)} image {_escape(source.name)}" title="{_escape(text)}" loading="lazy"></a>'
+        f'<div class="name">{_escape(source.name)}</div>',
+        thumbnail,
+    )
+
+
+def _remove_stale(folder: Path, referenced: set[str]) -> None:
+    for path in folder.iterdir():
+        if _GENERATED_NAME.match(path.name) and path.name not in referenced:
+            path.unlink(missing_ok=True)
+
+
+def _escape(text: object) -> str:
+    return html.escape(str(text), quote=True)
+
+
+def _format_loss(value: float | None) -> str:
+    return "" if value is None else f"{value:.4g}"
+
+
+def _format_seconds(value: float | None) -> str:
+    return "" if value is None else f"{value:.1f}"
+
+
+_STATUS_RANK = {"failed": 0, "skipped": 2, "done": 3}
+
+
+def _render_page(
+    *,
+    output_dir: Path,
+    rows: list[ReviewRow],
+    cells: list[_RowCells],
+    flags: dict[str, str],
+    curve_check: CurveCheck,
+    warnings: list[str],
+) -> str:
+    counts: dict[str, int] = {}
+    for row in rows:
+        counts[row.status] = counts.get(row.status, 0) + 1
+    summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items())) or "no pairs"
+    generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    body = []
+    for index, (row, cell) in enumerate(zip(rows, cells), start=1):
+        flag = flags.get(row.pair_id)
+        status_rank = _STATUS_RANK.get(row.status, 1)
+        if flag and row.status == "done":
+            status_rank = 1
+        total = row.number("total_loss")
+        seconds = row.number("total_seconds")
+        notes = []
+        if row.text("error"):
+            notes.append(f'<pre class="error">{_escape(row.text("error"))}</pre>')
+        if flag:
+            notes.append(f'<div class="flag">&#9888; {_escape(flag)}</div>')
+        size = f"{row.number('width'):.0f}&times;{row.number('height'):.0f}" if row.number("width") and row.number("height") else ""
+        classes = f"status-{_escape(row.status)}" + (" flagged" if flag else "")
+        body.append(
+            f'<tr class="{classes}" data-index="{index}" data-status="{status_rank}" '
+            f'data-total="{"" if total is None else repr(total)}" data-time="{"" if seconds is None else repr(seconds)}">'
+            f'<td class="num">{index}</td>'
+            f'<td><span class="badge">{_escape(row.status)}</span></td>'
+            + "".join(f'<td class="thumb">{image}</td>' for image in cell.images)
+            + f'<td class="thumb">{cell.curve}</td>'
+            f'<td class="num">{_format_loss(total)}</td>'
+            f'<td class="num">{_format_loss(row.number("content_loss"))}</td>'
+            f'<td class="num">{_format_loss(row.number("style_loss"))}</td>'
+            f'<td class="num">{_format_loss(row.number("tv_loss"))}</td>'
+            f'<td class="num">{_format_seconds(seconds)}</td>'
+            f'<td>{_escape(row.text("device"))}<div class="muted">{_escape(row.text("worker"))}</div></td>'
+            f'<td class="num">{size}</td>'
+            f'<td class="pair"><div class="id">{_escape(row.pair_id)}</div>{"".join(notes)}</td>'
+            "</tr>"
+        )
+
+    warning_list = "".join(f"<li>{_escape(message)}</li>" for message in warnings)
+    warning_block = (
+        f'<details class="warnings"><summary>{len(warnings)} warning(s) while building this page</summary>'
+        f"<ul>{warning_list}</ul></details>"
+        if warnings
+        else ""
+    )
+    return _PAGE.format(
+        title=_escape(f"Style transfer run: {output_dir.name}"),
+        heading=_escape(f"Style transfer run: {output_dir.name}"),
+        summary=_escape(f"{len(rows)} pairs: {summary}; {len(flags)} loss curve(s) flagged. Built {generated}."),
+        rule=_escape(curve_check.describe()),
+        plot=relative_url(output_dir / PLOT_NAME, output_dir),
+        warnings=warning_block,
+        rows="\n".join(body),
+    )
+
+
+# The page allows no network access at all (default-src 'none'), so it works
+# offline and cannot leak paths to a server.
+_PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src 'self' file:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5em; color: #222; }}
+table {{ border-collapse: collapse; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: 4px 6px; vertical-align: top; text-align: left; }}
+th button {{ font: inherit; font-weight: bold; border: none; background: none; cursor: pointer; padding: 0;
+  text-decoration: underline; }}
+th button::after {{ content: " \\2195"; color: #999; }}
+td.num {{ text-align: right; font-variant-numeric: tabular-nums; }}
+td.thumb img {{ display: block; width: 120px; height: 120px; object-fit: contain; }}
+td.thumb img.curve {{ width: 180px; height: 90px; }}
+.name, .muted {{ color: #777; font-size: 0.8em; max-width: 120px; overflow-wrap: anywhere; }}
+.key-total {{ color: #1f4e9c; }} .key-content {{ color: #2e7d32; }} .key-style {{ color: #ef8f00; }}
+.badge {{ padding: 1px 6px; border-radius: 3px; background: #e0e0e0; }}
+.status-done .badge {{ background: #c8e6c9; }}
+.status-failed .badge {{ background: #ffcdd2; }}
+.status-skipped .badge {{ background: #fff9c4; }}
+tr.status-failed {{ background: #fff5f5; }}
+tr.flagged .flag, .flag {{ color: #b71c1c; }}
+pre.error {{ white-space: pre-wrap; max-width: 40em; color: #b71c1c; margin: 0.3em 0; }}
+.pair .id {{ overflow-wrap: anywhere; max-width: 30em; }}
+.rule {{ color: #555; max-width: 60em; }}
+</style>
+</head>
+<body>
+<h1>{heading}</h1>
+<p>{summary}</p>
+<p class="rule">Each row's loss curve shows the <b class="key-total">total</b>,
+<b class="key-content">content</b> and <b class="key-style">style</b> loss on a log scale against step;
+a flagged curve has a red frame and a red total. {rule}
+Click an image for the full-size file, a curve for its history CSV, and the underlined headings to sort.</p>
+{warnings}
+<p><a href="{plot}">All loss curves (loss_curves.png)</a></p>
+<table id="pairs">
+<thead><tr>
+<th><button type="button" data-key="index">#</button></th>
+<th><button type="button" data-key="status">status</button></th>
+<th>content</th><th>style</th><th>output</th><th>loss curve</th>
+<th><button type="button" data-key="total">total loss</button></th>
+<th>content loss</th><th>style loss</th><th>tv loss</th>
+<th><button type="button" data-key="time">time (s)</button></th>
+<th>device</th><th>size</th><th>pair / error</th>
+</tr></thead>
+<tbody>
+{rows}
+</tbody>
+</table>
+<script>
+(function () {{
+  var body = document.querySelector("#pairs tbody");
+  var direction = {{}};
+  function value(row, key) {{
+    var text = row.dataset[key];
+    return text === "" ? NaN : parseFloat(text);
+  }}
+  document.querySelectorAll("#pairs th button").forEach(function (button) {{
+    button.addEventListener("click", function () {{
+      var key = button.dataset.key;
+      var sign = direction[key] = -(direction[key] || -1);
+      var rows = Array.prototype.slice.call(body.rows);
+      rows.sort(function (a, b) {{
+        var x = value(a, key), y = value(b, key);
+        if (isNaN(x) || isNaN(y)) {{ return isNaN(x) - isNaN(y); }}
+        return sign * (x - y) || value(a, "index") - value(b, "index");
+      }});
+      rows.forEach(function (row) {{ body.appendChild(row); }});
+    }});
+  }});
+}})();
+</script>
+</body>
+</html>
+"""
