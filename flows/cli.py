@@ -39,6 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="nst", description="Batch neural style transfer with MobileNetV2.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_transfer_parser(subparsers)
     _add_run_parser(subparsers)
     _add_validate_parser(subparsers)
     _add_report_parser(subparsers)
@@ -97,6 +98,108 @@ def _print_problems(problems: Sequence[str], source: str) -> None:
     print(f"{source}: {len(problems)} problems, nothing was run:", file=sys.stderr)
     for problem in problems:
         print(f"  {problem}", file=sys.stderr)
+
+
+# --- nst transfer -----------------------------------------------------------
+
+
+def _add_transfer_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "transfer",
+        help="stylise one content image with one style image",
+        description="Stylise one pair in this process and print its final losses. Progress goes to stderr. "
+        "Exits 1 when the pair fails, 2 for an invalid option.",
+    )
+    parser.add_argument("content", help="content image: any format Pillow reads")
+    parser.add_argument("style", help="style image")
+    parser.add_argument("-o", "--output", required=True, help="where to write the result (.png or .jpg)")
+    parser.add_argument("--size", type=int, help="longest side of the result in pixels (default: 512)")
+    parser.add_argument("--style-size", type=int, help="longest side of the style image in pixels (default: --size)")
+    parser.add_argument("--steps", type=int, help="optimiser steps (default: 200)")
+    parser.add_argument("--content-weight", type=float, help="weight of the content loss (default: 1)")
+    parser.add_argument("--style-weight", type=float, help="weight of the style loss (default: 1e5)")
+    parser.add_argument("--tv-weight", type=float, help="weight of the total-variation loss (default: 0)")
+    parser.add_argument("--learning-rate", type=float, help="optimiser learning rate (default: 0.01)")
+    parser.add_argument("--optimizer", choices=("adam", "lbfgs"), help="optimiser (default: adam)")
+    parser.add_argument("--init", choices=("content", "noise"), help="start from the content image or noise")
+    parser.add_argument("--seed", type=int, help="random seed (default: 0)")
+    parser.add_argument("--resize", choices=("fit", "square"), help="keep the aspect ratio (fit, default) or squash")
+    parser.add_argument("--content-layers", help="MobileNetV2 feature blocks for the content loss, such as 7")
+    parser.add_argument("--style-layers", help="feature blocks for the style loss, such as 4,7")
+    parser.add_argument(
+        "--no-normalize", dest="normalize", action="store_false", default=None,
+        help="feed [0, 1] pixels to the network without ImageNet normalisation",
+    )
+    parser.add_argument(
+        "--weights",
+        default="IMAGENET1K_V1",
+        help="MobileNetV2 weights: IMAGENET1K_V1, random, or a .pth file (default: IMAGENET1K_V1)",
+    )
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: the first GPU, else the CPU)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print no progress")
+    parser.set_defaults(handler=_run_transfer)
+
+
+def _run_transfer(args: argparse.Namespace) -> int:
+    import torch
+
+    from nst_core import NSTError, SettingsError, TransferSettings, transfer
+
+    names = TransferSettings.field_names()
+    given = {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
+    try:
+        settings = TransferSettings.from_mapping(given)
+    except SettingsError as error:
+        for problem in error.problems:
+            print(f"nst transfer: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    progress = None if args.quiet else _StepProgress(sys.stderr)
+    try:
+        result = transfer(
+            args.content, args.style, settings, weights=args.weights, device=args.device,
+            output=args.output, progress=progress,
+        )
+    except (NSTError, ValueError, torch.OutOfMemoryError) as error:
+        if progress is not None:
+            progress.close()
+        print(f"nst transfer: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    if progress is not None:
+        progress.close()
+    timings = result.timings
+    print(f"Wrote {result.output} ({result.width}x{result.height}) on {result.device}")
+    print(
+        f"content_loss {result.content_loss:.6g}  style_loss {result.style_loss:.6g}  "
+        f"tv_loss {result.tv_loss:.6g}  total_loss {result.total_loss:.6g}"
+    )
+    print(
+        f"seconds: decode {timings.decode:.2f}, features {timings.features:.2f}, "
+        f"optimize {timings.optimize:.2f}, save {timings.save:.2f}"
+    )
+    return EXIT_OK
+
+
+class _StepProgress:
+    """Step counter on a stream: one rewritten line on a terminal, else a line per tenth."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self.interactive = stream.isatty()
+        self.printed = 0
+
+    def __call__(self, step: int, steps: int) -> None:
+        if self.interactive:
+            self.stream.write(f"\rstep {step}/{steps}")
+            self.stream.flush()
+        elif step == steps or step * 10 // steps > self.printed:
+            self.printed = step * 10 // steps
+            self.stream.write(f"step {step}/{steps}\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.interactive:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 # --- nst validate -----------------------------------------------------------
