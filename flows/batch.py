@@ -16,6 +16,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.futures import as_completed
+from prefect.states import Failed
 
 from flows.manifest import Manifest, ManifestError, folder_manifest, load_manifest
 from flows.plan import OutputLock, Plan, PlannedPair, default_output_dir, make_plan
@@ -134,7 +135,8 @@ def run_batch(
 
     Raises:
         ManifestError: If the manifest has problems; nothing runs.
-        BatchFailedError: If any pair failed, after every pair has run.
+        BatchFailedError: If any pair failed, after every pair has run. The
+            flow run ends Failed with this error as its result.
     """
     run_logger = get_run_logger()
     started = time.perf_counter()
@@ -195,7 +197,10 @@ def run_batch(
         summary["pairs"], elapsed, summary["done"], summary["skipped"], summary["failed"],
     )
     if summary["failed"]:
-        raise BatchFailedError(summary)
+        # A Failed state rather than a raise: the failures are already logged
+        # one by one, and the engine would add a traceback of this summary.
+        error = BatchFailedError(summary)
+        return Failed(message=str(error), data=error)
     return summary
 
 

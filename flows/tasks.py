@@ -120,7 +120,7 @@ def run_pair(job: PairJob) -> PairRecord:
     """
     import torch
 
-    from nst_core import transfer
+    from nst_core import ImageError, transfer
 
     logger = get_run_logger()
     record = job.base_record()
@@ -152,6 +152,11 @@ def run_pair(job: PairJob) -> PairRecord:
         record = _failed(record, error, started)
         logger.warning("Pair %s ran out of memory on %s: %s", job.pair_id, record.device, error)
         raise PairFailedError(record, retryable=True) from error
+    except ImageError as error:
+        # The message names the file and the reason; a traceback adds nothing.
+        record = _failed(record, error, started)
+        logger.error("Pair %s failed on %s: %s", job.pair_id, record.device, record.error)
+        raise PairFailedError(record) from error
     except Exception as error:
         record = _failed(record, error, started)
         logger.error("Pair %s failed on %s: %s", job.pair_id, record.device, record.error, exc_info=True)
