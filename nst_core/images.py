@@ -73,8 +73,23 @@ def decode_image(
         ImageError: If the path is missing, a directory or empty, the file is
             not an image, is truncated, or exceeds ``max_image_pixels``.
     """
+    decoded = _decode(source, max_image_pixels, size, resize)
+    if isinstance(decoded, Image.Image):
+        return np.asarray(decoded, dtype=np.float32) / 255.0
+    return decoded
+
+
+def _decode(
+    source: ImageSource,
+    max_image_pixels: int | None,
+    size: int | None,
+    resize: Literal["fit", "square"],
+) -> Image.Image | np.ndarray:
+    # Returns an 8-bit RGB image where the file holds 8-bit samples, so that
+    # resizing rounds like Pillow and torchvision do, and a float32 array in
+    # [0, 1] for 16-bit and floating-point files.
     if isinstance(source, Image.Image):
-        return _to_rgb_array(ImageOps.exif_transpose(source), None)
+        return _to_rgb(ImageOps.exif_transpose(source), None)
 
     path = Path(source)
     if not path.exists():
@@ -112,10 +127,10 @@ def decode_image(
             image = ImageOps.exif_transpose(image)
         except (OSError, ValueError, SyntaxError) as error:
             raise ImageError(path, f"file is truncated or corrupt ({error})") from error
-        return _to_rgb_array(image, path)
+        return _to_rgb(image, path)
 
 
-def _to_rgb_array(image: Image.Image, path: Path | None) -> np.ndarray:
+def _to_rgb(image: Image.Image, path: Path | None) -> Image.Image | np.ndarray:
     mode = image.mode
     if mode in _HIGH_BIT_MODES:
         values = np.asarray(image, dtype=np.float64)
@@ -126,10 +141,10 @@ def _to_rgb_array(image: Image.Image, path: Path | None) -> np.ndarray:
         mode in ("P", "L", "RGB", "1") and "transparency" in image.info
     )
     if has_alpha:
-        rgba = np.asarray(image.convert("RGBA"), dtype=np.float32) / 255.0
-        alpha = rgba[:, :, 3:4]
-        return rgba[:, :, :3] * alpha + (1.0 - alpha)
-    return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def _scale_high_bit(values: np.ndarray, mode: str, path: Path | None) -> np.ndarray:
@@ -198,12 +213,19 @@ def load_image(
             ``min_side``.
     """
     path = None if isinstance(source, Image.Image) else Path(source)
-    pixels = decode_image(source, max_image_pixels=max_image_pixels, size=size, resize=resize)
+    decoded = _decode(source, max_image_pixels, size, resize)
 
-    height, width = pixels.shape[:2]
+    if isinstance(decoded, Image.Image):
+        width, height = decoded.size
+    else:
+        height, width = decoded.shape[:2]
     target = resized_shape(width, height, size, resize)
     _check_min_side(path, (width, height), target, min_side)
-    return image_to_tensor(_resize(pixels, target))
+
+    if isinstance(decoded, Image.Image):
+        resized = decoded.resize(target, Image.BILINEAR) if decoded.size != target else decoded
+        return image_to_tensor(np.asarray(resized, dtype=np.float32) / 255.0)
+    return image_to_tensor(_resize_float(decoded, target))
 
 
 def _check_min_side(
@@ -220,13 +242,12 @@ def _check_min_side(
         )
 
 
-def _resize(pixels: np.ndarray, target: tuple[int, int]) -> np.ndarray:
+def _resize_float(pixels: np.ndarray, target: tuple[int, int]) -> np.ndarray:
     height, width = pixels.shape[:2]
     if (width, height) == target:
         return pixels
-    # Pillow's BILINEAR resize is antialiased when shrinking and matches what
-    # torchvision's Resize does on PIL images. Resizing each channel as a
-    # float image keeps 16-bit and float precision.
+    # The same antialiased BILINEAR filter as for 8-bit images, run on each
+    # channel as a float image to keep 16-bit and float precision.
     channels = [
         np.asarray(Image.fromarray(np.ascontiguousarray(pixels[:, :, index])).resize(target, Image.BILINEAR))
         for index in range(3)
