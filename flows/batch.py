@@ -19,7 +19,8 @@ from prefect.futures import as_completed
 from prefect.states import Failed
 
 from flows.manifest import Manifest, ManifestError, folder_manifest, load_manifest
-from flows.plan import OutputLock, Plan, PlannedPair, default_output_dir, make_plan
+from flows.plan import OutputLock, Plan, PlannedPair, default_output_dir, make_plan, remove_stale_temporaries
+from flows.progress import RunProgress
 from flows.report import PairRecord, ReportWriter, publish_artifacts
 from flows.tasks import PairFailedError, PairJob, run_pair
 from flows.workers import make_task_runner, plan_cluster, shared_api_settings, start_task_runner
@@ -63,6 +64,7 @@ def load_batch(
     *,
     content_glob: str | None = None,
     style_glob: str | None = None,
+    defaults: dict[str, Any] | None = None,
     output_dir: str | None = None,
     weights: str = "IMAGENET1K_V1",
     force: bool = False,
@@ -81,9 +83,11 @@ def load_batch(
     if manifest is not None and (content_dir is not None or style_dir is not None):
         raise ValueError("Give either a manifest or content_dir and style_dir, not both")
     if manifest is not None:
-        loaded = load_manifest(manifest)
+        loaded = load_manifest(manifest, defaults=defaults)
     elif content_dir is not None and style_dir is not None:
-        loaded = folder_manifest(content_dir, style_dir, content_glob=content_glob, style_glob=style_glob)
+        loaded = folder_manifest(
+            content_dir, style_dir, content_glob=content_glob, style_glob=style_glob, defaults=defaults
+        )
     else:
         raise ValueError("Give a manifest file, or both content_dir and style_dir for folder mode")
 
@@ -105,6 +109,7 @@ def run_batch(
     style_dir: str | None = None,
     content_glob: str | None = None,
     style_glob: str | None = None,
+    defaults: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Stylise every pair of a manifest, or every content image with every style image.
 
@@ -128,6 +133,8 @@ def run_batch(
         style_dir: Folder of style images, for folder mode.
         content_glob: Pattern selecting the content files, such as ``*.jpg``.
         style_glob: Pattern selecting the style files.
+        defaults: Transfer settings for every pair, such as ``{"size": 256}``.
+            They replace the manifest's ``defaults:``; a pair's own values win.
 
     Returns:
         Counts of the pairs (``pairs``, ``done``, ``skipped``, ``failed``), the
@@ -148,6 +155,7 @@ def run_batch(
         style_dir,
         content_glob=content_glob,
         style_glob=style_glob,
+        defaults=defaults,
         output_dir=output_dir,
         weights=weights,
         force=force,
@@ -158,10 +166,15 @@ def run_batch(
     cluster_plan = plan_cluster(devices, workers, cluster)
 
     with OutputLock(plan.output_dir), ReportWriter(plan.output_dir / "report.csv") as report:
+        for path in remove_stale_temporaries(plan):
+            run_logger.warning("Removed %s, left by an interrupted run", path)
         skipped = [_skipped_record(pair) for pair in plan.to_skip]
         report.start(skipped)
         records: list[PairRecord] = list(skipped)
         listeners = _pair_listeners(report, records, run_logger)
+        progress = RunProgress(len(plan.pairs))
+        progress.pairs_skipped(len(skipped))
+        listeners.append(lambda record: progress.pair_finished(record.pair_id, record.status))
         run_logger.info(
             "Planned %d pairs from %s: %d to run, %d already done; output folder %s",
             len(plan.pairs), loaded.name, len(plan.to_run), len(skipped), plan.output_dir,
@@ -182,6 +195,8 @@ def run_batch(
 
     elapsed = time.perf_counter() - started
     publish_artifacts(records, elapsed, plan.output_dir)
+    contact_sheet = _build_review(plan.output_dir, run_logger)
+    progress.finish(contact_sheet or plan.output_dir / "report.csv")
     counts = Counter(record.status for record in records)
     summary = {
         "pairs": len(records),
@@ -234,6 +249,25 @@ def _collect(future: Any, job: PairJob, run_logger: Any) -> PairRecord:
         record.error = f"{type(error).__name__}: {error}"
         record.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
         return record
+
+
+def _build_review(output_dir: Path, run_logger: Any) -> Path | None:
+    """Build the contact sheet and loss plots, returning the sheet's path.
+
+    A failure is logged, not raised, because every pair's row is on disk
+    already and ``nst report`` can build the review again.
+    """
+    from flows.review import build_review
+
+    try:
+        review = build_review(output_dir)
+    except Exception as error:
+        run_logger.error("Cannot build the contact sheet in %s: %s", output_dir, error, exc_info=True)
+        return None
+    for message in review.warnings:
+        run_logger.warning("Contact sheet: %s", message)
+    run_logger.info("Contact sheet: %s", review.html)
+    return review.html
 
 
 def _skipped_record(pair: PlannedPair) -> PairRecord:

@@ -165,6 +165,29 @@ class RunProgress:
             if self.interactive:
                 self._draw_bar()
 
+    def pairs_skipped(self, count: int) -> None:
+        """Count pairs skipped before the run, such as those done by an earlier run.
+
+        They are shown at once, with one log line for all of them.
+
+        Raises:
+            ValueError: When ``count`` is negative or more than the pairs left.
+        """
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= self.total - self.finished:
+            raise ValueError(
+                f"count must be a whole number from 0 to the {self.total - self.finished} pairs left. Got {count!r}"
+            )
+        if count == 0:
+            return
+        with self._lock:
+            self.counts["skipped"] += count
+            self._start_artifact()
+            if self.interactive:
+                self._draw_bar()
+            else:
+                self._write_line(f"{count} pairs already done,", "skipped")
+            self._update_artifact()
+
     def pair_finished(self, pair_id: str, status: str) -> None:
         """Count one finished pair and update the bar, the log line and the artifact.
 
@@ -183,7 +206,7 @@ class RunProgress:
             if self.interactive:
                 self._draw_bar()
             else:
-                self._write_line(pair_id, status)
+                self._write_line(f"pair {pair_id}", status)
             self._update_artifact()
 
     def finish(self, report: str | os.PathLike[str] | None = None) -> str:
@@ -245,9 +268,9 @@ class RunProgress:
         self.stream.flush()
         self._bar_drawn = True
 
-    def _write_line(self, pair_id: str, status: str) -> None:
+    def _write_line(self, subject: str, status: str) -> None:
         stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.stream.write(f"{stamp} pair {pair_id} {status}; {self._status_text()}\n")
+        self.stream.write(f"{stamp} {subject} {status}; {self._status_text()}\n")
         self.stream.flush()
 
     # --- Prefect artifact ---

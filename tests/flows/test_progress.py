@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import select
 import uuid
 from pathlib import Path
 
@@ -61,10 +62,12 @@ def test_plain_stream_gets_one_line_per_pair():
 
 def test_estimate_leaves_skipped_pairs_out_of_the_rate():
     clock = Clock()
-    progress = RunProgress(5, stream=io.StringIO(), clock=clock)
+    stream = io.StringIO()
+    progress = RunProgress(5, stream=stream, clock=clock)
 
-    progress.pair_finished("a", "skipped")
+    progress.pairs_skipped(1)
     assert progress.remaining_estimate() is None
+    assert "1 pairs already done, skipped; 1/5 pairs" in stream.getvalue()
     clock.now += 10
     progress.pair_finished("b", "done")
     progress.pair_finished("c", "done")
@@ -103,6 +106,17 @@ def test_summary_before_any_pair_ran():
     assert "report:" not in line
 
 
+def _read_terminal(leader: int) -> str:
+    """Read what the terminal holds; it may hand it over in several chunks."""
+    chunks = []
+    while select.select([leader], [], [], 0.5)[0]:
+        chunk = os.read(leader, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return b"".join(chunks).decode("utf-8")
+
+
 def test_terminal_gets_a_bar_redrawn_in_place(monkeypatch):
     monkeypatch.setenv("COLUMNS", "60")
     monkeypatch.setenv("TERM", "xterm")
@@ -117,7 +131,7 @@ def test_terminal_gets_a_bar_redrawn_in_place(monkeypatch):
         clock.now += 5
         progress.pair_finished("b", "failed")
         line = progress.finish()
-        output = os.read(leader, 65536).decode("utf-8")
+        output = _read_terminal(leader)
     finally:
         stream.close()
         os.close(leader)
@@ -151,6 +165,14 @@ def test_dumb_terminal_gets_plain_lines(monkeypatch):
 def test_invalid_total_is_rejected(total):
     with pytest.raises(ValueError, match="total must be a whole number"):
         RunProgress(total, stream=io.StringIO())
+
+
+@pytest.mark.parametrize("count", [-1, 3, 1.0])
+def test_invalid_skipped_count_is_rejected(count):
+    progress = RunProgress(2, stream=io.StringIO())
+
+    with pytest.raises(ValueError, match="count must be a whole number from 0 to the 2 pairs left"):
+        progress.pairs_skipped(count)
 
 
 def test_unknown_status_is_rejected():
