@@ -66,6 +66,15 @@ def _add_manifest_arguments(parser: argparse.ArgumentParser) -> None:
         default="IMAGENET1K_V1",
         help="MobileNetV2 weights: IMAGENET1K_V1, random, or a .pth file (default: IMAGENET1K_V1)",
     )
+    parser.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="transfer setting for every pair, such as --set size=256 --set steps=100; replaces the "
+        "manifest's defaults, while a pair's own values win (repeatable)",
+    )
     parser.add_argument("--force", action="store_true", help="run every pair, even those already done")
 
 
@@ -78,6 +87,16 @@ def _check_manifest_arguments(parser_name: str, args: argparse.Namespace) -> str
     return None
 
 
+def _parse_settings(items: Sequence[str]) -> dict[str, str]:
+    settings = {}
+    for item in items:
+        name, separator, value = item.partition("=")
+        if not separator or not name.strip():
+            raise ValueError(f"Invalid --set '{item}'. Use NAME=VALUE, such as --set size=256")
+        settings[name.strip()] = value.strip()
+    return settings
+
+
 def _load(args: argparse.Namespace):
     from flows.batch import load_batch, resolve_weights
 
@@ -88,6 +107,7 @@ def _load(args: argparse.Namespace):
         args.style_dir,
         content_glob=args.content_glob,
         style_glob=args.style_glob,
+        defaults=_parse_settings(args.settings) or None,
         output_dir=args.output_dir,
         weights=weights,
         force=args.force,
@@ -336,6 +356,7 @@ def _run_run(args: argparse.Namespace) -> int:
         style_dir=str(Path(args.style_dir).resolve()) if args.style_dir else None,
         content_glob=args.content_glob,
         style_glob=args.style_glob,
+        defaults=_parse_settings(args.settings) or None,
         return_state=True,
     )
     outcome = state.result(raise_on_failure=False)

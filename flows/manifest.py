@@ -112,7 +112,7 @@ class Manifest:
             raise ManifestError(self.name, self.problems)
 
 
-def load_manifest(path: str | os.PathLike[str]) -> Manifest:
+def load_manifest(path: str | os.PathLike[str], *, defaults: Mapping[str, Any] | None = None) -> Manifest:
     """Read a YAML or CSV manifest and check every pair.
 
     The format follows the suffix: ``.yaml``/``.yml`` or ``.csv``. Problems do
@@ -121,6 +121,9 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
 
     Args:
         path: The manifest file.
+        defaults: Settings that replace those of the manifest's ``defaults:``
+            mapping, such as ``nst run --set``. A pair's own values still win.
+            Defaults to none.
 
     Raises:
         ManifestError: If the file is missing, unreadable or has an unknown suffix.
@@ -142,9 +145,9 @@ def load_manifest(path: str | os.PathLike[str]) -> Manifest:
 
     manifest = Manifest(source=path, base_dir=path.parent, pairs=[], problems=[])
     if suffix in (".yaml", ".yml"):
-        _read_yaml(text, manifest)
+        _read_yaml(text, manifest, defaults or {})
     elif suffix == ".csv":
-        _read_csv(text, manifest)
+        _read_csv(text, manifest, defaults or {})
     else:
         raise ManifestError(str(path), [f"unknown manifest format '{suffix}'. Use .yaml, .yml or .csv"])
     if not manifest.pairs and not manifest.problems:
@@ -175,7 +178,7 @@ def folder_manifest(
     """
     base = Path(base_dir).resolve() if base_dir is not None else Path.cwd()
     manifest = Manifest(source=None, base_dir=base, pairs=[], problems=[])
-    settings = _settings_or_problems(defaults or {}, None, "defaults", manifest.problems)
+    settings = _settings_or_problems(defaults or {}, None, "run defaults", manifest.problems)
     if settings is None:
         return manifest
     _add_folder_pairs(manifest, content_dir, style_dir, content_glob, style_glob, settings, "folder")
@@ -191,7 +194,7 @@ def _decode(raw: bytes) -> str:
 # --- YAML -------------------------------------------------------------------
 
 
-def _read_yaml(text: str, manifest: Manifest) -> None:
+def _read_yaml(text: str, manifest: Manifest, run_defaults: Mapping[str, Any]) -> None:
     try:
         document = yaml.safe_load(text)
         # The node tree carries line numbers; safe_load's plain values do not.
@@ -223,6 +226,7 @@ def _read_yaml(text: str, manifest: Manifest) -> None:
         manifest.problems.append(f"line {defaults_line}: 'defaults' must be a mapping of settings")
         defaults = {}
     base = _settings_or_problems(defaults, None, f"line {defaults_line} (defaults)", manifest.problems)
+    base = _with_run_defaults(base, run_defaults, manifest.problems)
 
     pairs = document.get("pairs")
     if pairs is not None:
@@ -281,7 +285,7 @@ def _item_lines(root: yaml.Node | None, key: str) -> list[int]:
 # --- CSV --------------------------------------------------------------------
 
 
-def _read_csv(text: str, manifest: Manifest) -> None:
+def _read_csv(text: str, manifest: Manifest, run_defaults: Mapping[str, Any]) -> None:
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = next(reader)
@@ -304,7 +308,9 @@ def _read_csv(text: str, manifest: Manifest) -> None:
     if any(problem.startswith("line 1:") for problem in manifest.problems):
         return
 
-    base = TransferSettings()
+    base = _with_run_defaults(TransferSettings(), run_defaults, manifest.problems)
+    if base is None:
+        return
     line = reader.line_num + 1
     try:
         for cells in reader:
@@ -343,6 +349,14 @@ def _add_pair(manifest: Manifest, entry: Mapping[str, Any], base: TransferSettin
         manifest.pairs.append(PairSpec(content, style, output, settings, location))
     elif output is not None:
         manifest.rejected_outputs.append((location, output))
+
+
+def _with_run_defaults(
+    base: TransferSettings | None, run_defaults: Mapping[str, Any], problems: list[str]
+) -> TransferSettings | None:
+    if base is None or not run_defaults:
+        return base
+    return _settings_or_problems(run_defaults, base, "run defaults", problems)
 
 
 def _settings_or_problems(

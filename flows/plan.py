@@ -36,6 +36,7 @@ __all__ = [
     "OutputLock",
     "default_output_dir",
     "make_plan",
+    "remove_stale_temporaries",
     "write_done_record",
     "read_done_record",
 ]
@@ -206,6 +207,25 @@ def _check_collisions(manifest: Manifest, outputs: list[Path | None], problems: 
                 f"{entries[0][0]}: outputs {', '.join(sorted(str(p) for p in paths))} share the name '{stem}' "
                 f"({locations}), which must be unique because it names the pair in the report"
             )
+
+
+def remove_stale_temporaries(plan: Plan) -> list[Path]:
+    """Delete temporary files that a killed run left behind, and return their paths.
+
+    Images, histories, done records and the report are written to a hidden
+    temporary file and renamed into place. A run killed between the two steps
+    leaves the temporary file; call this while holding the `OutputLock`, so
+    that no running batch is writing them.
+    """
+    root = plan.output_dir
+    patterns = [(root, ".report.*.tmp"), (root / STATE_DIR / "done", ".*.json.*.tmp"), (root / "histories", ".*.tmp")]
+    patterns += [(pair.output.parent, f".{pair.output.name}.*.partial") for pair in plan.pairs]
+    removed = []
+    for folder, pattern in patterns:
+        for path in folder.glob(pattern):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 # --- done records -----------------------------------------------------------
