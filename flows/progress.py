@@ -4,8 +4,8 @@ and the closing summary line.
 The flow creates one :class:`RunProgress`, calls
 :meth:`RunProgress.pair_finished` as each pair's result arrives and
 :meth:`RunProgress.finish` at the end. On a terminal the progress is one line
-redrawn in place with ``\\r``; anywhere else (cron, CI, a file) each finished
-pair writes one plain line, so logs stay readable.
+redrawn in place with ``\\r``. Anywhere else (cron, CI, a file), each finished
+pair writes one plain line, so that logs stay readable.
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def publish_report_link(html_path: str | os.PathLike[str]) -> UUID | None:
     """Create a Prefect link artifact that points at the contact sheet.
 
     The link is an absolute ``file://`` URL, so it opens on the machine that
-    holds the output folder. Outside a flow or task run nothing is created.
+    stores the output folder. Outside a flow or task run nothing is created.
 
     Returns:
         The artifact's id, or ``None`` when no run is active or Prefect's API
@@ -115,7 +115,7 @@ class RunProgress:
         self._clock = clock
         self._started = clock()
         self._lock = threading.Lock()
-        self._artifact_wanted = artifact
+        self._artifact_enabled = artifact
         self._artifact_id: UUID | None = None
         self._artifact_percent: int | None = None
         self._bar_drawn = False
@@ -230,7 +230,7 @@ class RunProgress:
                 self.stream.write("\n")
             self.stream.write(line + "\n")
             self.stream.flush()
-        if report is not None and Path(report).suffix == ".html" and Path(report).is_file() and self._artifact_wanted:
+        if report is not None and Path(report).suffix == ".html" and Path(report).is_file() and self._artifact_enabled:
             publish_report_link(report)
         return line
 
@@ -258,6 +258,8 @@ class RunProgress:
         )
 
     def _draw_bar(self) -> None:
+        # NOTE: Prefect's console log lines go to the same terminal and start
+        # where the bar ends, so a log line can share a line with a bar frame.
         width = 24
         filled = width if self.total == 0 else round(width * self.finished / self.total)
         line = f"[{'#' * filled}{'-' * (width - filled)}] {self._status_text()}"
@@ -276,7 +278,7 @@ class RunProgress:
     # --- Prefect artifact ---
 
     def _start_artifact(self) -> None:
-        if not self._artifact_wanted or self._artifact_id is not None or not _in_prefect_run():
+        if not self._artifact_enabled or self._artifact_id is not None or not _in_prefect_run():
             return
         from prefect.artifacts import create_progress_artifact
 
@@ -289,7 +291,7 @@ class RunProgress:
             )
         except Exception as error:  # progress is only a view; a failed artifact must not end the run
             logger.warning("Cannot create the progress artifact, going on without it: %s", error, exc_info=True)
-            self._artifact_wanted = False
+            self._artifact_enabled = False
 
     def _update_artifact(self, *, force: bool = False) -> None:
         if self._artifact_id is None:

@@ -36,6 +36,7 @@ import matplotlib
 matplotlib.use("Agg")
 
 from matplotlib.figure import Figure  # noqa: E402  (the backend is chosen first)
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from PIL import Image, ImageDraw, ImageOps  # noqa: E402
 
 from flows.report import COLUMNS, HISTORY_COLUMNS, TEXT_COLUMNS, unescape_cell  # noqa: E402
@@ -418,9 +419,9 @@ def draw_loss_curves(curves: dict[str, LossCurves], flags: dict[str, str], *, ti
 
     The loss axes are logarithmic and the step axis linear, so that a late
     rise stays visible. Each panel gets one line per pair with a history. With
-    up to 20 pairs each has its own colour and a legend entry; with more,
-    unflagged curves are thin and grey so that the flagged ones stand out.
-    Flagged curves are dashed and their legend entry ends with "(flagged)".
+    up to 20 pairs, each pair has its own colour and a legend entry. With
+    more, unflagged curves are thin and grey so that the flagged ones stand
+    out. Flagged curves are dashed and their legend entry ends with "(flagged)".
 
     Args:
         curves: Loss history per pair id.
@@ -452,6 +453,7 @@ def draw_loss_curves(curves: dict[str, LossCurves], flags: dict[str, str], *, ti
         axes.set_yscale("log")
         axes.set_title(name)
         axes.set_xlabel("step")
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.grid(True, which="both", alpha=0.3)
     if not curves:
         panels[1].text(0.5, 0.5, "no loss histories found", ha="center", va="center", transform=panels[1].transAxes)
@@ -478,7 +480,7 @@ def _save_figure(figure: Figure, target: Path) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Review:
-    """What :func:`build_review` wrote.
+    """Files written by :func:`build_review`, and the rows and warnings behind them.
 
     Attributes:
         html: The contact sheet.
@@ -623,7 +625,7 @@ class _RowCells:
 
 @dataclasses.dataclass
 class _SheetFiles:
-    """Where one contact sheet's files go, and the warnings collected on the way."""
+    """Output folders of one contact sheet, and the warnings collected while building it."""
 
     output_dir: Path
     thumbnails: Path
@@ -687,7 +689,7 @@ def _image_cell(sheet: _SheetFiles, row: ReviewRow, column: str) -> tuple[str, P
         )
     return (
         f'<a href="{sheet.url(source)}"><img src="{sheet.url(thumbnail)}" '
-        f'alt="{_escape(column)} image {_escape(source.name)}" title="{_escape(text)}" loading="lazy"></a>'
+        f'alt="{_escape(column)} image {_escape(source.name)}" title="{_escape(text)}"></a>'
         f'<div class="name">{_escape(source.name)}</div>',
         thumbnail,
     )
@@ -780,8 +782,8 @@ def _render_page(
     )
 
 
-# The page allows no network access at all (default-src 'none'), so it works
-# offline and cannot leak paths to a server.
+# The Content-Security-Policy lets the page load only local images, its inline
+# style and its inline script, so it works offline and fetches nothing remote.
 _PAGE = """<!DOCTYPE html>
 <html lang="en">
 <head>
@@ -808,7 +810,7 @@ td.thumb img.curve {{ width: 180px; height: 90px; }}
 tr.status-failed {{ background: #fff5f5; }}
 tr.flagged .flag, .flag {{ color: #b71c1c; }}
 pre.error {{ white-space: pre-wrap; max-width: 40em; color: #b71c1c; margin: 0.3em 0; }}
-.pair .id {{ overflow-wrap: anywhere; max-width: 30em; }}
+.pair .id {{ overflow-wrap: anywhere; min-width: 12em; max-width: 30em; }}
 .rule {{ color: #555; max-width: 60em; }}
 </style>
 </head>

@@ -175,7 +175,8 @@ def test_images_are_small_files_beside_the_page(reviewed_run, tmp_path):
     assert page.images
     for image in page.images:
         source = image["src"]
-        assert "://" not in source and not source.startswith("/"), source
+        assert "://" not in source, source
+        assert not source.startswith("/"), source
         path = run / urllib.parse.unquote(source)
         assert path.is_file(), source
         assert path.parent.name in ("thumbnails", "curves"), source
@@ -192,7 +193,8 @@ def test_links_are_relative_and_percent_encoded(reviewed_run, tmp_path):
 
     assert page.links
     for link in page.links:
-        assert "://" not in link and not link.startswith("/"), link
+        assert "://" not in link, link
+        assert not link.startswith("/"), link
         for character in " #?\"'<>&":
             assert character not in link, link
         assert link.isascii(), link
@@ -334,9 +336,9 @@ def test_unchanged_thumbnails_are_reused_and_stale_ones_removed(reviewed_run, tm
     after = {path.name: path.stat().st_mtime_ns for path in (run / "thumbnails").glob("*.jpg")}
 
     assert len(after) == len(before)
-    kept = set(before) & set(after)
-    assert len(kept) == len(before) - 1
-    assert all(before[name] == after[name] for name in kept)
+    unchanged = set(before) & set(after)
+    assert len(unchanged) == len(before) - 1
+    assert all(before[name] == after[name] for name in unchanged)
 
 
 # --- loss curves ------------------------------------------------------------
@@ -487,7 +489,7 @@ def test_report_rows_survive_any_cut(tmp_path, cut):
     assert len(warnings) == 1
 
 
-def test_nst_report_rejects_a_folder_without_report(tmp_path, capsys):
+def test_nst_report_rejects_folder_without_report(tmp_path, capsys):
     code = nst_main(["report", str(tmp_path)])
 
     assert code == 2
@@ -496,7 +498,7 @@ def test_nst_report_rejects_a_folder_without_report(tmp_path, capsys):
     assert str(tmp_path) in error
 
 
-def test_nst_report_rejects_a_file_that_is_not_a_report(tmp_path, capsys):
+def test_nst_report_rejects_other_csv(tmp_path, capsys):
     (tmp_path / "report.csv").write_text("name,value\nx,1\n", encoding="utf-8")
 
     code = nst_main(["report", str(tmp_path)])
