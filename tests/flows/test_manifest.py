@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import textwrap
 from pathlib import Path
@@ -317,3 +318,26 @@ class TestFolderMode:
         assert len(manifest.problems) == 1
         assert "content folder" in manifest.problems[0]
         assert "not found" in manifest.problems[0]
+
+
+class TestExamples:
+    EXAMPLES = Path(__file__).resolve().parents[2] / "manifests"
+
+    def test_yaml_and_csv_examples_list_the_same_pairs(self) -> None:
+        from_yaml = load_manifest(self.EXAMPLES / "example.yaml")
+        from_csv = load_manifest(self.EXAMPLES / "example.csv")
+
+        assert from_yaml.problems == []
+        assert from_csv.problems == []
+        assert len(from_yaml.pairs) == 4
+        assert from_yaml.pairs == [
+            dataclasses.replace(pair, location=yaml_pair.location)
+            for pair, yaml_pair in zip(from_csv.pairs, from_yaml.pairs)
+        ]
+
+    def test_examples_are_small(self) -> None:
+        for pair in load_manifest(self.EXAMPLES / "example.yaml").pairs:
+            assert pair.settings.size <= 128
+            assert pair.settings.steps <= 50
+            assert pair.content.stat().st_size < 20_000
+            assert pair.style.stat().st_size < 20_000
