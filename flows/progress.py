@@ -251,22 +251,26 @@ class RunProgress:
 
     def _status_text(self) -> str:
         left = self.remaining_estimate()
+        skipped = f" skipped {self.counts['skipped']}" if self.counts["skipped"] else ""
         return (
-            f"{self.finished}/{self.total} pairs  done {self.counts['done']}  failed {self.counts['failed']}  "
-            f"skipped {self.counts['skipped']}  elapsed {format_duration(self.elapsed)}  "
-            f"left {'~' + format_duration(left) if left is not None else '--:--:--'}"
+            f"{self.finished}/{self.total} done {self.counts['done']} failed {self.counts['failed']}{skipped}"
+            f" | {format_duration(self.elapsed)} elapsed"
+            f" | {'~' + format_duration(left) if left is not None else '-:--:--'} left"
         )
 
     def _draw_bar(self) -> None:
-        # NOTE: Prefect's console log lines go to the same terminal and start
-        # where the bar ends, so a log line can share a line with a bar frame.
-        width = 24
+        width = 20
         filled = width if self.total == 0 else round(width * self.finished / self.total)
         line = f"[{'#' * filled}{'-' * (width - filled)}] {self._status_text()}"
         # A line longer than the terminal wraps, and \r then redraws only its
         # last part, so the bar is cut to the terminal's width.
         columns = shutil.get_terminal_size(fallback=(120, 24)).columns
-        self.stream.write("\r" + line[: max(columns - 1, 20)] + "\x1b[K")
+        # The cursor goes back to the start of the line after each frame, so
+        # that a log line written next by Prefect (in this process or in a
+        # worker) overwrites the bar instead of being appended to it.
+        # NOTE: A log line shorter than the bar leaves the bar's tail visible
+        # until the next frame. The bar is kept to about 75 columns for that reason.
+        self.stream.write("\r\x1b[K" + line[: max(columns - 1, 20)] + "\r")
         self.stream.flush()
         self._bar_drawn = True
 

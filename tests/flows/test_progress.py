@@ -51,12 +51,12 @@ def test_plain_stream_gets_one_line_per_pair():
     assert "\r" not in stream.getvalue()
     assert len(lines) == 2
     assert "pair astronaut__shipwreck done" in lines[0]
-    assert "1/3 pairs" in lines[0]
-    assert "elapsed 0:00:30" in lines[0]
-    assert "left ~0:01:00" in lines[0]
+    assert "1/3 done 1 failed 0" in lines[0]
+    assert "0:00:30 elapsed" in lines[0]
+    assert "~0:01:00 left" in lines[0]
     assert "pair chelsea__shipwreck failed" in lines[1]
-    assert "done 1  failed 1" in lines[1]
-    assert "left ~0:00:30" in lines[1]
+    assert "2/3 done 1 failed 1" in lines[1]
+    assert "~0:00:30 left" in lines[1]
     assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ ", lines[0])
 
 
@@ -67,7 +67,7 @@ def test_estimate_leaves_skipped_pairs_out_of_the_rate():
 
     progress.pairs_skipped(1)
     assert progress.remaining_estimate() is None
-    assert "1 pairs already done, skipped; 1/5 pairs" in stream.getvalue()
+    assert "1 pairs already done, skipped; 1/5 done 0 failed 0 skipped 1" in stream.getvalue()
     clock.now += 10
     progress.pair_finished("b", "done")
     progress.pair_finished("c", "done")
@@ -141,9 +141,10 @@ def test_terminal_gets_a_bar_redrawn_in_place(monkeypatch):
     bars, summary, rest = output.split("\r\n")
     frames = [frame.replace("\x1b[K", "") for frame in bars.split("\r") if frame]
     assert len(frames) >= 3
-    assert frames[0].startswith("[" + "-" * 24 + "] 0/2 pairs")
-    assert frames[-1].startswith("[" + "#" * 24 + "] 2/2 pairs")
-    assert all(len(frame) <= 59 for frame in frames), "the bar must fit the terminal's 60 columns"
+    # Cut to the terminal's 60 columns, less one so that the line never wraps.
+    assert frames[0] == ("[" + "-" * 20 + "] 0/2 done 0 failed 0 | 0:00:00 elapsed | -:--:-- left")[:59]
+    assert frames[-1] == ("[" + "#" * 20 + "] 2/2 done 1 failed 1 | 0:00:10 elapsed | ~0:00:00 left")[:59]
+    assert all(len(frame) <= 59 for frame in frames)
     assert summary == line
     assert rest == ""
 
