@@ -360,6 +360,20 @@ def test_loss_curves_png_has_a_curve_per_pair(reviewed_run, tmp_path):
         assert [line.get_label() for line in axes.lines] == [record.pair_id for record in with_history]
 
 
+def test_many_pairs_grey_out_unflagged_curves(reviewed_run):
+    run, records = reviewed_run
+    history = read_history(run / next(record for record in records if record.history).history)
+    curves = {f"pair{index:02d}": history for index in range(25)}
+
+    figure = draw_loss_curves(curves, {"pair07": "stalled"}, title="test")
+    lines = figure.axes[0].lines
+
+    assert len(lines) == 25
+    assert [line.get_label() for line in lines if not line.get_label().startswith("_")] == ["pair07 (flagged)"]
+    assert lines[7].get_linestyle() == "--"
+    assert {line.get_color() for index, line in enumerate(lines) if index != 7} == {"#9e9e9e"}
+
+
 def test_each_row_shows_its_own_curve(reviewed_run, tmp_path):
     run, records = reviewed_run
     review = build_review(copy_run(run, tmp_path / "run"))
