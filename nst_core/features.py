@@ -62,6 +62,7 @@ class FeatureExtractor(nn.Module):
             self.blocks.to(memory_format=torch.channels_last)
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.eval()
 
     def forward(self, image: torch.Tensor, layers: Sequence[int], *, normalize: bool = True) -> dict[int, torch.Tensor]:
         """Run the image through the blocks and collect the requested outputs.
@@ -105,7 +106,11 @@ def _fold_batch_norm(module: nn.Module) -> nn.Module:
         for index in range(len(children) - 1):
             conv, norm = children[index], children[index + 1]
             if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.BatchNorm2d):
-                module[index] = fuse_conv_bn_eval(conv, norm)
+                # Folding in float64 keeps the folded weights as close to the
+                # original float32 computation as float32 storage allows.
+                dtype = conv.weight.dtype
+                folded = fuse_conv_bn_eval(conv.double(), norm.double()).to(dtype)
+                module[index] = folded
                 module[index + 1] = nn.Identity()
     return module
 
