@@ -166,6 +166,24 @@ def test_flow_run_writes_the_review(flow_run):
     assert len(list((flow_run / "curves").glob("*.png"))) == 12
 
 
+def test_nst_report_rebuilds_the_flow_review(flow_run, tmp_path):
+    run = tmp_path / "copy"
+    shutil.copytree(flow_run, run)
+    for generated in ("report.html", "loss_curves.png"):
+        (run / generated).unlink()
+    for folder in ("thumbnails", "curves"):
+        shutil.rmtree(run / folder)
+
+    code = nst_main(["report", str(run)])
+    page = (run / "report.html").read_text(encoding="utf-8")
+
+    assert code == 0
+    assert page.count("<tr class=") == 12
+    assert page.count('class="curve"') == 12
+    with Image.open(run / "loss_curves.png") as plot:
+        assert plot.size == (1500, 550)
+
+
 def test_browser_shows_every_row_and_image(flow_run, browser, tmp_path):
     browser.open((flow_run / "report.html").as_uri())
     state = json.loads(browser.evaluate(PAGE_STATE))

@@ -4,9 +4,11 @@ the Prefect progress and link artifacts."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import select
+import shutil
 import uuid
 from pathlib import Path
 
@@ -237,3 +239,45 @@ def test_no_link_artifact_without_a_contact_sheet(tmp_path):
 
     assert [item.type for item in artifacts] == ["progress"]
     assert Path(result["line"].rpartition("report: ")[2]) == (tmp_path / "report.html").resolve()
+
+
+# --- the real flow ------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_flow_with_failed_pair_ends_with_artifacts_and_review(tmp_path, content_dir, style_dir, corrupt_jpeg,
+                                                               standin_weights):  # fmt: skip
+    from flows.batch import run_batch
+
+    contents = tmp_path / "contents"
+    contents.mkdir()
+    shutil.copy(sorted(content_dir.glob("*.png"))[0], contents)
+    shutil.copy(corrupt_jpeg, contents / "broken.jpg")
+    styles = tmp_path / "styles"
+    styles.mkdir()
+    shutil.copy(sorted(style_dir.glob("*.jpg"))[0], styles)
+    output_dir = tmp_path / "out"
+
+    state = run_batch(
+        content_dir=str(contents),
+        style_dir=str(styles),
+        output_dir=str(output_dir),
+        weights=str(standin_weights),
+        workers=1,
+        defaults={"size": 64, "steps": 5},
+        return_state=True,
+    )
+    artifacts = {item.key: item for item in _artifacts_of(state.state_details.flow_run_id)}
+    table = artifacts["nst-batch-report"].data
+    rows = json.loads(table) if isinstance(table, str) else table
+    html = (output_dir / "report.html").read_text(encoding="utf-8")
+
+    assert state.is_failed()
+    assert artifacts[PROGRESS_ARTIFACT_KEY].data == 100.0
+    assert (output_dir / "report.html").resolve().as_uri() in artifacts[LINK_ARTIFACT_KEY].data
+    assert "NaN" not in json.dumps(rows)
+    failed = [row for row in rows if row["status"] == "failed"]
+    assert len(failed) == 1
+    assert failed[0]["total_loss"] is None
+    assert 'class="status-failed"' in html
+    assert "broken.jpg" in html
