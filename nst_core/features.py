@@ -115,7 +115,7 @@ def _fold_batch_norm(module: nn.Module) -> nn.Module:
     return module
 
 
-_CACHE: dict[tuple[str, str, int], FeatureExtractor] = {}
+_CACHE: dict[tuple[str, str, int, bool], FeatureExtractor] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -123,6 +123,8 @@ def load_feature_extractor(
     weights: WeightsSpec = DEFAULT_WEIGHTS,
     device: torch.device | str = "cpu",
     depth: int = 7,
+    *,
+    exact: bool = False,
 ) -> FeatureExtractor:
     """Return the feature extractor for these weights, device and depth.
 
@@ -134,12 +136,16 @@ def load_feature_extractor(
             Defaults to ``"IMAGENET1K_V1"``.
         device: Where the extractor runs. Defaults to the CPU.
         depth: Index of the deepest block needed. Defaults to 7.
+        exact: Keep BatchNorm layers and contiguous memory, for results equal
+            to torchvision's network to the last bit. Defaults to ``False``.
     """
-    key = (weights_id(weights), str(torch.device(device)), depth)
+    key = (weights_id(weights), str(torch.device(device)), depth, exact)
     with _CACHE_LOCK:
         extractor = _CACHE.get(key)
         if extractor is None:
             state_dict = load_features_state_dict(weights)
-            extractor = FeatureExtractor(state_dict, depth).to(device)
+            extractor = FeatureExtractor(
+                state_dict, depth, fold_batch_norm=not exact, channels_last=not exact
+            ).to(device)
             _CACHE[key] = extractor
         return extractor

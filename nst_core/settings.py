@@ -92,6 +92,14 @@ class TransferSettings:
             standard deviation. Defaults to ``True``.
         resize: ``"fit"`` keeps the aspect ratio, ``"square"`` squashes the
             image to ``size`` x ``size``. Defaults to ``"fit"``.
+        exact_features: Run torchvision's network as it is, with separate
+            BatchNorm layers and contiguous memory, so that losses match an
+            unmodified MobileNetV2 to the last bit. The default folds
+            BatchNorm into the convolutions and uses channels-last memory,
+            which is about 1.4x faster on a CPU and equal up to float rounding.
+            Adam's first steps move a pixel by about the learning rate however
+            small its gradient is, so that rounding grows to about 1e-3 of the
+            loss after 20 steps. Defaults to ``False``.
         min_side: Smallest accepted short side after resizing, in pixels. The
             default of 32 leaves block 7 (stride 16) a 2x2 feature map.
         max_image_pixels: Largest image in pixels that is decoded at all,
@@ -114,6 +122,7 @@ class TransferSettings:
     seed: int = 0
     normalize: bool = True
     resize: Resize = "fit"
+    exact_features: bool = False
     min_side: int = 32
     max_image_pixels: int | None = dataclasses.field(
         default=DEFAULT_MAX_IMAGE_PIXELS, metadata={"hashed": False}
@@ -214,7 +223,7 @@ def _convert(key: str, raw: Any) -> Any:
         return tuple(_to_float(key, item) for item in _to_sequence(key, raw))
     if key in _CHOICES:
         return str(raw).strip().lower()
-    if key == "normalize":
+    if key in ("normalize", "exact_features"):
         return _to_bool(key, raw)
     if "float" in field_type:
         return _to_float(key, raw)
@@ -312,8 +321,9 @@ def _check(settings: TransferSettings) -> list[str]:
         value = getattr(settings, name)
         if value not in choices:
             problems.append(f"{name} must be one of {', '.join(choices)}. Got {value!r}")
-    if not isinstance(settings.normalize, bool):
-        problems.append(f"normalize must be true or false. Got {settings.normalize!r}")
+    for name in ("normalize", "exact_features"):
+        if not isinstance(getattr(settings, name), bool):
+            problems.append(f"{name} must be true or false. Got {getattr(settings, name)!r}")
 
     for name in ("content_layers", "style_layers"):
         layers = getattr(settings, name)

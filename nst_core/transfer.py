@@ -250,7 +250,7 @@ def transfer_batch(
     decode_seconds = (time.perf_counter() - decode_started) / len(pairs)
 
     features_started = time.perf_counter()
-    extractor = load_feature_extractor(weights, device, settings.deepest_layer)
+    extractor = load_feature_extractor(weights, device, settings.deepest_layer, exact=settings.exact_features)
     content = content.to(device)
     objective = _Objective(extractor, settings, content, [style.to(device) for style in styles])
     features_seconds = _elapsed(features_started, device)
