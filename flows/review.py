@@ -401,10 +401,10 @@ def plot_pair_curve(curves: LossCurves, target: Path, *, flagged: bool, figure: 
     axes = figure.add_axes((0.01, 0.02, 0.98, 0.96))
     axes.set_yscale("log")
     colour = "#c62828" if flagged else "#1f4e9c"
-    for values, style in ((curves.content, "#2e7d32"), (curves.style, "#ef8f00"), (curves.total, colour)):
+    for values, line_colour in ((curves.content, "#2e7d32"), (curves.style, "#ef8f00"), (curves.total, colour)):
         x, y = _finite_positive(curves.steps, values)
         if x:
-            axes.plot(x, y, color=style, linewidth=1.6 if values is curves.total else 0.9)
+            axes.plot(x, y, color=line_colour, linewidth=1.6 if values is curves.total else 0.9)
     axes.set_xticks([])
     axes.set_yticks([], minor=True)
     axes.set_yticks([])
@@ -554,7 +554,7 @@ def build_review(
     if isinstance(thumbnail_size, bool) or not isinstance(thumbnail_size, int) or thumbnail_size < 16:
         raise ValueError(f"thumbnail_size must be a whole number of pixels, at least 16. Got {thumbnail_size!r}")
     if not output_dir.is_dir():
-        raise FileNotFoundError(f"output folder {output_dir} not found; pass the folder that holds report.csv")
+        raise FileNotFoundError(f"output folder {output_dir} not found; pass the folder that contains report.csv")
     report_path = output_dir / "report.csv"
     if not report_path.is_file():
         raise FileNotFoundError(f"{report_path} not found; the run wrote no report there yet")
@@ -731,38 +731,10 @@ def _render_page(
     summary = ", ".join(f"{count} {status}" for status, count in sorted(counts.items())) or "no pairs"
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
-    body = []
-    for index, (row, cell) in enumerate(zip(rows, cells), start=1):
-        flag = flags.get(row.pair_id)
-        status_rank = _STATUS_RANK.get(row.status, 1)
-        if flag and row.status == "done":
-            status_rank = 1
-        total = row.number("total_loss")
-        seconds = row.number("total_seconds")
-        notes = []
-        if row.text("error"):
-            notes.append(f'<pre class="error">{_escape(row.text("error"))}</pre>')
-        if flag:
-            notes.append(f'<div class="flag">&#9888; {_escape(flag)}</div>')
-        size = f"{row.number('width'):.0f}&times;{row.number('height'):.0f}" if row.number("width") and row.number("height") else ""
-        classes = f"status-{_escape(row.status)}" + (" flagged" if flag else "")
-        body.append(
-            f'<tr class="{classes}" data-index="{index}" data-status="{status_rank}" '
-            f'data-total="{"" if total is None else repr(total)}" data-time="{"" if seconds is None else repr(seconds)}">'
-            f'<td class="num">{index}</td>'
-            f'<td><span class="badge">{_escape(row.status)}</span></td>'
-            + "".join(f'<td class="thumb">{image}</td>' for image in cell.images)
-            + f'<td class="thumb">{cell.curve}</td>'
-            f'<td class="num">{_format_loss(total)}</td>'
-            f'<td class="num">{_format_loss(row.number("content_loss"))}</td>'
-            f'<td class="num">{_format_loss(row.number("style_loss"))}</td>'
-            f'<td class="num">{_format_loss(row.number("tv_loss"))}</td>'
-            f'<td class="num">{_format_seconds(seconds)}</td>'
-            f'<td>{_escape(row.text("device"))}<div class="muted">{_escape(row.text("worker"))}</div></td>'
-            f'<td class="num">{size}</td>'
-            f'<td class="pair"><div class="id">{_escape(row.pair_id)}</div>{"".join(notes)}</td>'
-            "</tr>"
-        )
+    body = [
+        _render_table_row(index, row, cell, flags.get(row.pair_id))
+        for index, (row, cell) in enumerate(zip(rows, cells), start=1)
+    ]
 
     warning_list = "".join(f"<li>{_escape(message)}</li>" for message in warnings)
     warning_block = (
@@ -780,6 +752,41 @@ def _render_page(
         warnings=warning_block,
         rows="\n".join(body),
     )
+
+
+def _render_table_row(index: int, row: ReviewRow, cell: _RowCells, flag: str | None) -> str:
+    # Flagged done pairs sort between failed and skipped ones.
+    status_rank = 1 if flag and row.status == "done" else _STATUS_RANK.get(row.status, 1)
+    total = row.number("total_loss")
+    seconds = row.number("total_seconds")
+    width, height = row.number("width"), row.number("height")
+    size = f"{width:.0f}&times;{height:.0f}" if width and height else ""
+    notes = []
+    if row.text("error"):
+        notes.append(f'<pre class="error">{_escape(row.text("error"))}</pre>')
+    if flag:
+        notes.append(f'<div class="flag">&#9888; {_escape(flag)}</div>')
+
+    cells = [
+        f'<td class="num">{index}</td>',
+        f'<td><span class="badge">{_escape(row.status)}</span></td>',
+        *(f'<td class="thumb">{image}</td>' for image in cell.images),
+        f'<td class="thumb">{cell.curve}</td>',
+        f'<td class="num">{_format_loss(total)}</td>',
+        f'<td class="num">{_format_loss(row.number("content_loss"))}</td>',
+        f'<td class="num">{_format_loss(row.number("style_loss"))}</td>',
+        f'<td class="num">{_format_loss(row.number("tv_loss"))}</td>',
+        f'<td class="num">{_format_seconds(seconds)}</td>',
+        f'<td>{_escape(row.text("device"))}<div class="muted">{_escape(row.text("worker"))}</div></td>',
+        f'<td class="num">{size}</td>',
+        f'<td class="pair"><div class="id">{_escape(row.pair_id)}</div>{"".join(notes)}</td>',
+    ]
+    classes = f"status-{_escape(row.status)}" + (" flagged" if flag else "")
+    sort_keys = (
+        f'data-index="{index}" data-status="{status_rank}" '
+        f'data-total="{"" if total is None else repr(total)}" data-time="{"" if seconds is None else repr(seconds)}"'
+    )
+    return f'<tr class="{classes}" {sort_keys}>' + "".join(cells) + "</tr>"
 
 
 # The Content-Security-Policy lets the page load only local images, its inline

@@ -245,7 +245,7 @@ def test_no_link_artifact_without_a_contact_sheet(tmp_path):
 
 
 @pytest.mark.slow
-def test_flow_with_failed_pair_ends_with_artifacts_and_review(tmp_path, content_dir, style_dir, corrupt_jpeg,
+def test_failed_flow_ends_with_artifacts(tmp_path, content_dir, style_dir, corrupt_jpeg,
                                                                standin_weights):  # fmt: skip
     from flows.batch import run_batch
 

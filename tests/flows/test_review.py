@@ -503,6 +503,18 @@ def test_report_rows_survive_any_cut(tmp_path, cut):
     assert len(warnings) == 1
 
 
+def test_report_without_rows_gives_an_empty_sheet(tmp_path):
+    with ReportWriter(tmp_path / "report.csv") as writer:
+        writer.start()
+
+    review = build_review(tmp_path)
+    page, _ = parse_page(review.html)
+
+    assert page.rows == []
+    assert review.warnings == []
+    assert review.plot.is_file()
+
+
 def test_nst_report_rejects_folder_without_report(tmp_path, capsys):
     code = nst_main(["report", str(tmp_path)])
 
