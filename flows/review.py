@@ -27,7 +27,7 @@ import os
 import re
 import tempfile
 import urllib.parse
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -349,7 +349,8 @@ def _make_thumbnail(source: Path, folder: Path, size: int) -> Path:
             image.draft("RGB", (size, size))
             image = ImageOps.exif_transpose(image)
             image.thumbnail((size, size), Image.Resampling.LANCZOS, reducing_gap=3.0)
-            _save_atomically(image.convert("RGB"), target, quality=85)
+            rgb = image.convert("RGB")
+            _replace_atomically(target, lambda temporary: rgb.save(temporary, format="JPEG", quality=85))
     except Image.DecompressionBombError as error:
         raise ValueError(str(error)) from error
     return target
@@ -362,19 +363,33 @@ def _make_placeholder(folder: Path, size: int) -> Path:
     draw = ImageDraw.Draw(image)
     draw.rectangle((0, 0, image.width - 1, image.height - 1), outline=(160, 160, 160))
     draw.text((image.width // 2, image.height // 2), "image not found", fill=(90, 90, 90), anchor="mm")
-    _save_atomically(image, target)
+    _replace_atomically(target, lambda temporary: image.save(temporary, format="PNG"))
     return target
 
 
-def _save_atomically(image: Image.Image, target: Path, **options: object) -> None:
+def _replace_atomically(target: Path, write: Callable[[str], None]) -> None:
+    """Call ``write`` with a temporary path beside ``target``, then rename it over ``target``.
+
+    A reader sees the old file or the new one, never a part. The file gets the
+    usual ``0o666 & ~umask`` permissions, not the ``0o600`` of ``mkstemp``, so
+    a shared output folder stays readable to everyone it was before.
+    """
     handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=target.suffix)
     os.close(handle)
     try:
-        image.save(temporary, **options)
+        write(temporary)
+        os.chmod(temporary, 0o666 & ~_umask())
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    # The umask can only be read by setting it, so it is set back at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 # --- plots -------------------------------------------------------------------
@@ -411,7 +426,7 @@ def plot_pair_curve(curves: LossCurves, target: Path, *, flagged: bool, figure: 
     for spine in axes.spines.values():
         spine.set_color("#c62828" if flagged else "#bbbbbb")
         spine.set_linewidth(1.5 if flagged else 0.8)
-    _save_figure(figure, target)
+    _replace_atomically(target, lambda temporary: figure.savefig(temporary, format="png"))
 
 
 def draw_loss_curves(curves: dict[str, LossCurves], flags: dict[str, str], *, title: str) -> Figure:
@@ -462,17 +477,6 @@ def draw_loss_curves(curves: dict[str, LossCurves], flags: dict[str, str], *, ti
         figure.legend(handles, labels, loc="outside lower center", ncols=4, fontsize="small", frameon=False)
     figure.suptitle(title)
     return figure
-
-
-def _save_figure(figure: Figure, target: Path) -> None:
-    handle, temporary = tempfile.mkstemp(dir=target.parent, prefix=".tmp-", suffix=".png")
-    os.close(handle)
-    try:
-        figure.savefig(temporary, format="png")
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 # --- the contact sheet -------------------------------------------------------
@@ -584,16 +588,13 @@ def build_review(
 
     plot_path = output_dir / PLOT_NAME
     figure = draw_loss_curves(histories, flags, title=f"Loss curves of {len(histories)} pairs in {output_dir.name}")
-    _save_figure(figure, plot_path)
+    _replace_atomically(plot_path, lambda temporary: figure.savefig(temporary, format="png"))
 
     html_path = output_dir / HTML_NAME
     page = _render_page(
         output_dir=output_dir, rows=rows, cells=cells, flags=flags, curve_check=curve_check, warnings=warnings
     )
-    handle, temporary = tempfile.mkstemp(dir=output_dir, prefix=".tmp-", suffix=".html")
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(page)
-    os.replace(temporary, html_path)
+    _replace_atomically(html_path, lambda temporary: Path(temporary).write_text(page, encoding="utf-8"))
     logger.info(
         "Wrote %s: %d pairs, %d loss curves flagged, %d warnings", html_path, len(rows), len(flags), len(warnings)
     )

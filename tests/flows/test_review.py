@@ -11,6 +11,7 @@ import csv
 import html.parser
 import io
 import math
+import os
 import shutil
 import urllib.parse
 from datetime import datetime, timezone
@@ -501,6 +502,20 @@ def test_report_rows_survive_any_cut(tmp_path, cut):
     assert [row.pair_id for row in rows] == ["a__b"]
     assert rows[0].number("total_loss") == 1.5
     assert len(warnings) == 1
+
+
+def test_written_files_follow_the_umask(reviewed_run, tmp_path):
+    run = copy_run(reviewed_run[0], tmp_path / "run")
+    previous = os.umask(0o027)
+    try:
+        build_review(run)
+    finally:
+        os.umask(previous)
+
+    written = [run / "report.html", run / "loss_curves.png", *(run / "thumbnails").iterdir(), *(run / "curves").iterdir()]
+    assert len(written) > 4
+    for path in written:
+        assert path.stat().st_mode & 0o777 == 0o640, path
 
 
 def test_report_without_rows_gives_an_empty_sheet(tmp_path):
