@@ -43,6 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_run_parser(subparsers)
     _add_validate_parser(subparsers)
     _add_report_parser(subparsers)
+    _add_schedule_parser(subparsers)
     args = parser.parse_args(argv)
     return args.handler(args)
 
@@ -378,6 +379,85 @@ def _print_summary(summary: dict) -> None:
         f"{summary['pairs']} pairs: {summary['done']} done, {summary['skipped']} skipped, "
         f"{summary['failed']} failed in {summary['seconds']:.1f} s. Report: {summary['report']}"
     )
+
+
+# --- nst schedule -----------------------------------------------------------
+
+
+def _add_schedule_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "schedule",
+        help="run a manifest on a schedule through a Prefect server",
+        description="Check a manifest, then create or update the Prefect deployment nst-batch/NAME that runs "
+        "it on a cron schedule. Needs a running Prefect server (PREFECT_API_URL) and a worker on the pool: "
+        "'prefect worker start --pool NAME'. Exits 2 for an invalid manifest or option, or when no Prefect "
+        "server responds.",
+    )
+    _add_manifest_arguments(parser)
+    parser.add_argument("--cron", required=True, help="cron expression of the run times, such as '0 1 * * *'")
+    parser.add_argument("--timezone", default="UTC", help="IANA time zone of --cron, such as Europe/Berlin (default: UTC)")
+    parser.add_argument("--name", default="nightly", help="deployment name (default: nightly)")
+    parser.add_argument("--pool", default="nst", help="process work pool, created when missing (default: nst)")
+    parser.add_argument(
+        "--devices", help="comma-separated devices of the worker machine, such as cuda:0,cuda:1 (default: every GPU)"
+    )
+    parser.add_argument("--workers", type=int, help="number of CPU worker processes when there is no GPU (default: 1)")
+    parser.add_argument("--cluster", help="address tcp://HOST:PORT of a Dask scheduler that runs the pairs")
+    parser.set_defaults(handler=_run_schedule)
+
+
+def _run_schedule(args: argparse.Namespace) -> int:
+    from flows.batch import resolve_weights
+    from flows.manifest import ManifestError
+    from flows.schedule import PrefectServerError, deploy_schedule
+    from flows.workers import plan_cluster
+
+    usage_error = _check_manifest_arguments("schedule", args)
+    if usage_error:
+        print(usage_error, file=sys.stderr)
+        return EXIT_INVALID
+    devices = [item.strip() for item in args.devices.split(",") if item.strip()] if args.devices else None
+    try:
+        plan_cluster(devices, args.workers, args.cluster)
+        manifest, plan = _load(args)
+    except (ManifestError, ValueError) as error:
+        print(f"nst schedule: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    problems = manifest.problems + plan.problems
+    if problems:
+        _print_problems(problems, manifest.name)
+        return EXIT_INVALID
+
+    # Every path is absolute because the worker runs the flow in the checkout.
+    parameters = {
+        "manifest": str(Path(args.manifest).resolve()) if args.manifest else None,
+        "content_dir": str(Path(args.content_dir).resolve()) if args.content_dir else None,
+        "style_dir": str(Path(args.style_dir).resolve()) if args.style_dir else None,
+        "content_glob": args.content_glob,
+        "style_glob": args.style_glob,
+        "output_dir": str(plan.output_dir),
+        "weights": resolve_weights(args.weights),
+        "defaults": _parse_settings(args.settings) or None,
+        "devices": devices,
+        "workers": args.workers,
+        "cluster": args.cluster,
+        "force": args.force or None,
+    }
+    parameters = {key: value for key, value in parameters.items() if value is not None}
+    try:
+        deployment = deploy_schedule(
+            parameters, cron=args.cron, name=args.name, pool=args.pool, timezone=args.timezone
+        )
+    except (PrefectServerError, ValueError) as error:
+        print(f"nst schedule: {error}", file=sys.stderr)
+        return EXIT_INVALID
+
+    print(f"Deployment: {deployment.name} (id {deployment.deployment_id})")
+    print(f"Schedule: {deployment.cron} ({deployment.timezone})")
+    print(f"Next run: {deployment.next_run.isoformat()}")
+    print(f"Output folder: {plan.output_dir}")
+    print(f"Work pool: {deployment.work_pool}. Start a worker with: prefect worker start --pool {deployment.work_pool}")
+    return EXIT_OK
 
 
 if __name__ == "__main__":
