@@ -10,8 +10,8 @@ after an interrupted run or on another machine. The files written are:
 - ``curves/``: one small loss-curve PNG per pair, shown in its row;
 - ``loss_curves.png``: total, content and style loss of every pair.
 
-A loss curve is flagged when the run did not converge well (see
-:class:`CurveCheck`); the rule is printed on the page.
+A loss curve is flagged when the run did not converge well, by the rule of
+``flows.loss_curves.CurveCheck``, which the page states.
 """
 
 from __future__ import annotations
@@ -31,25 +31,16 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-import matplotlib
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageOps
 
-matplotlib.use("Agg")
-
-from matplotlib.figure import Figure  # noqa: E402  (the backend is chosen first)
-from matplotlib.ticker import MaxNLocator  # noqa: E402
-from PIL import Image, ImageDraw, ImageOps  # noqa: E402
-
-from flows.report import COLUMNS, HISTORY_COLUMNS, TEXT_COLUMNS, unescape_cell  # noqa: E402
+from flows.loss_curves import CurveCheck, LossCurves, draw_loss_curves, draw_pair_curve, read_history
+from flows.report import COLUMNS, TEXT_COLUMNS, unescape_cell
 
 __all__ = [
-    "CurveCheck",
-    "LossCurves",
     "ReviewRow",
     "Review",
     "read_report_rows",
-    "read_history",
-    "draw_loss_curves",
-    "plot_pair_curve",
     "relative_url",
     "build_review",
 ]
@@ -196,114 +187,6 @@ def _parse_number(cell: str, kind: type) -> int | float | None:
     return number
 
 
-@dataclasses.dataclass(frozen=True)
-class LossCurves:
-    """The loss history of one pair, one value per optimiser step.
-
-    Attributes:
-        steps: Step numbers as the history file gives them.
-        total: Weighted total loss.
-        content: Unweighted content loss.
-        style: Unweighted style loss.
-        tv: Unweighted total-variation loss.
-    """
-
-    steps: tuple[float, ...]
-    total: tuple[float, ...]
-    content: tuple[float, ...]
-    style: tuple[float, ...]
-    tv: tuple[float, ...]
-
-
-def read_history(path: str | os.PathLike[str]) -> LossCurves:
-    """Read ``histories/<pair_id>.csv``.
-
-    Cells that are not numbers become NaN, and a last line without its line
-    break is ignored, as in :func:`read_report_rows`.
-
-    Raises:
-        FileNotFoundError: When the file does not exist.
-        ValueError: When a column is missing.
-    """
-    path = Path(path)
-    raw = path.read_bytes()
-    complete = raw if raw.endswith(b"\n") else raw.rpartition(b"\n")[0]
-    reader = csv.DictReader(io.StringIO(complete.decode("utf-8", errors="replace"), newline=""))
-    missing = [name for name in HISTORY_COLUMNS if name not in (reader.fieldnames or [])]
-    if missing:
-        raise ValueError(f"loss history {path} lacks the columns {', '.join(missing)}")
-
-    columns: dict[str, list[float]] = {name: [] for name in HISTORY_COLUMNS}
-    for record in reader:
-        for name in HISTORY_COLUMNS:
-            value = _parse_number(record.get(name) or "", float)
-            columns[name].append(math.nan if value is None else float(value))
-    return LossCurves(
-        steps=tuple(columns["step"]),
-        total=tuple(columns["total_loss"]),
-        content=tuple(columns["content_loss"]),
-        style=tuple(columns["style_loss"]),
-        tv=tuple(columns["tv_loss"]),
-    )
-
-
-# --- flagging curves that did not converge ---------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class CurveCheck:
-    """The rule that flags a total-loss curve as worth a look.
-
-    A curve is flagged when any of these holds:
-
-    - a value is NaN or infinite;
-    - it turned up: the final loss is more than ``rise_tolerance`` above the
-      smallest loss of the run (``final > (1 + rise_tolerance) * minimum``);
-    - it stalled: the first loss is less than ``min_improvement`` times the
-      final loss (``first / final < min_improvement``).
-
-    Args:
-        rise_tolerance: Allowed rise of the final loss above the minimum, as a
-            fraction. Defaults to 0.1 (10 %).
-        min_improvement: Smallest accepted ratio of first to final loss.
-            Defaults to 2 (at least a halving).
-    """
-
-    rise_tolerance: float = 0.1
-    min_improvement: float = 2.0
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.rise_tolerance, (int, float)) and 0 <= self.rise_tolerance < math.inf):
-            raise ValueError(f"rise_tolerance must be a finite number of at least 0. Got {self.rise_tolerance!r}")
-        if not (isinstance(self.min_improvement, (int, float)) and 1 <= self.min_improvement < math.inf):
-            raise ValueError(f"min_improvement must be a finite number of at least 1. Got {self.min_improvement!r}")
-
-    def describe(self) -> str:
-        """Return the rule as one sentence for the page and the docs."""
-        return (
-            "A loss curve is flagged when its total loss is NaN or infinite, when the final total loss is "
-            f"more than {self.rise_tolerance:.0%} above its minimum (it turned up), or when the first "
-            f"total loss is less than {self.min_improvement:g} times the final one (it stalled)."
-        )
-
-    def flag(self, total: Sequence[float]) -> str | None:
-        """Return why a total-loss curve is flagged, or ``None`` when it is not."""
-        if not total:
-            return None
-        if not all(math.isfinite(value) for value in total):
-            return "the loss became NaN or infinite"
-        if len(total) < 2:
-            return None
-        first, final, minimum = total[0], total[-1], min(total)
-        step = total.index(minimum) + 1
-        if final > (1 + self.rise_tolerance) * minimum:
-            rise = final / minimum - 1 if minimum > 0 else math.inf
-            return f"turned up: the final loss is {rise:.0%} above its minimum at step {step}"
-        if final > 0 and first / final < self.min_improvement:
-            return f"stalled: the loss fell only {first / final:.2f}-fold (less than {self.min_improvement:g}-fold)"
-        return None
-
-
 # --- thumbnails --------------------------------------------------------------
 
 
@@ -390,93 +273,6 @@ def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
-
-
-# --- plots -------------------------------------------------------------------
-
-
-def _finite_positive(steps: Sequence[float], values: Sequence[float]) -> tuple[list[float], list[float]]:
-    """Keep the points a log scale can show."""
-    points = [(x, y) for x, y in zip(steps, values) if math.isfinite(x) and math.isfinite(y) and y > 0]
-    return [x for x, _ in points], [y for _, y in points]
-
-
-def plot_pair_curve(curves: LossCurves, target: Path, *, flagged: bool, figure: Figure | None = None) -> None:
-    """Draw one pair's total, content and style loss as a small log-scale PNG.
-
-    Args:
-        curves: The pair's loss history.
-        target: PNG file to write.
-        flagged: Draw the total loss in red and the frame red.
-        figure: A figure to reuse, which saves time over hundreds of pairs.
-            Defaults to a new one.
-    """
-    figure = figure if figure is not None else Figure(figsize=(1.8, 0.9), dpi=100)
-    figure.clear()
-    axes = figure.add_axes((0.01, 0.02, 0.98, 0.96))
-    axes.set_yscale("log")
-    colour = "#c62828" if flagged else "#1f4e9c"
-    for values, line_colour in ((curves.content, "#2e7d32"), (curves.style, "#ef8f00"), (curves.total, colour)):
-        x, y = _finite_positive(curves.steps, values)
-        if x:
-            axes.plot(x, y, color=line_colour, linewidth=1.6 if values is curves.total else 0.9)
-    axes.set_xticks([])
-    axes.set_yticks([], minor=True)
-    axes.set_yticks([])
-    for spine in axes.spines.values():
-        spine.set_color("#c62828" if flagged else "#bbbbbb")
-        spine.set_linewidth(1.5 if flagged else 0.8)
-    _replace_atomically(target, lambda temporary: figure.savefig(temporary, format="png"))
-
-
-def draw_loss_curves(curves: dict[str, LossCurves], flags: dict[str, str], *, title: str) -> Figure:
-    """Draw total, content and style loss of every pair against step.
-
-    The loss axes are logarithmic and the step axis linear, so that a late
-    rise stays visible. Each panel gets one line per pair with a history. With
-    up to 20 pairs, each pair has its own colour and a legend entry. With
-    more, unflagged curves are thin and grey so that the flagged ones stand
-    out. Flagged curves are dashed and their legend entry ends with "(flagged)".
-
-    Args:
-        curves: Loss history per pair id.
-        flags: Why a pair's curve is flagged, for flagged pair ids only.
-        title: The figure's title.
-
-    Returns:
-        The figure, with the panels total, content and style loss in order.
-    """
-    figure = Figure(figsize=(15, 5.5), dpi=100, layout="constrained")
-    panels = figure.subplots(1, 3, sharex=True)
-    many = len(curves) > 20
-    palette = matplotlib.colormaps["tab20"]
-    for index, (pair_id, history) in enumerate(curves.items()):
-        flagged = pair_id in flags
-        if many and not flagged:
-            options = {"color": "#9e9e9e", "linewidth": 0.6, "alpha": 0.5, "label": "_nolegend_"}
-        else:
-            options = {
-                "color": "#c62828" if many else palette(index % 20),
-                "linewidth": 1.8 if flagged else 1.2,
-                "linestyle": "--" if flagged else "-",
-                "label": f"{pair_id} (flagged)" if flagged else pair_id,
-            }
-        for axes, values in zip(panels, (history.total, history.content, history.style)):
-            x, y = _finite_positive(history.steps, values)
-            axes.plot(x, y, **options)
-    for axes, name in zip(panels, ("total loss (weighted)", "content loss", "style loss")):
-        axes.set_yscale("log")
-        axes.set_title(name)
-        axes.set_xlabel("step")
-        axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-        axes.grid(True, which="both", alpha=0.3)
-    if not curves:
-        panels[1].text(0.5, 0.5, "no loss histories found", ha="center", va="center", transform=panels[1].transAxes)
-    handles, labels = panels[0].get_legend_handles_labels()
-    if handles:
-        figure.legend(handles, labels, loc="outside lower center", ncols=4, fontsize="small", frameon=False)
-    figure.suptitle(title)
-    return figure
 
 
 # --- the contact sheet -------------------------------------------------------
@@ -657,7 +453,8 @@ def _render_row(sheet: _SheetFiles, row: ReviewRow, history: LossCurves | None, 
         name = _digest(row.pair_id, history_path.resolve(), stat.st_mtime_ns, stat.st_size, flagged)
         target = sheet.curves / f"{name}.png"
         if not target.is_file():
-            plot_pair_curve(history, target, flagged=flagged, figure=sheet.figure)
+            figure = draw_pair_curve(history, flagged=flagged, figure=sheet.figure)
+            _replace_atomically(target, lambda temporary: figure.savefig(temporary, format="png"))
         files.append(target.name)
         curve = (
             f'<a href="{sheet.url(history_path)}"><img src="{sheet.url(target)}" '

@@ -23,14 +23,8 @@ from PIL import Image
 
 from flows.cli import main as nst_main
 from flows.report import PairRecord, ReportWriter, escape_cell, history_path, read_report, write_history
-from flows.review import (
-    CurveCheck,
-    build_review,
-    draw_loss_curves,
-    read_history,
-    read_report_rows,
-    relative_url,
-)
+from flows.loss_curves import CurveCheck, draw_loss_curves, read_history
+from flows.review import build_review, read_report_rows, relative_url
 from nst_core import ImageError, TransferSettings, transfer
 
 AWKWARD_STEM = "a b#c?ü &<x>'\""
@@ -361,20 +355,6 @@ def test_loss_curves_png_has_a_curve_per_pair(reviewed_run, tmp_path):
         assert [line.get_label() for line in axes.lines] == [record.pair_id for record in with_history]
 
 
-def test_many_pairs_grey_out_unflagged_curves(reviewed_run):
-    run, records = reviewed_run
-    history = read_history(run / next(record for record in records if record.history).history)
-    curves = {f"pair{index:02d}": history for index in range(25)}
-
-    figure = draw_loss_curves(curves, {"pair07": "stalled"}, title="test")
-    lines = figure.axes[0].lines
-
-    assert len(lines) == 25
-    assert [line.get_label() for line in lines if not line.get_label().startswith("_")] == ["pair07 (flagged)"]
-    assert lines[7].get_linestyle() == "--"
-    assert {line.get_color() for index, line in enumerate(lines) if index != 7} == {"#9e9e9e"}
-
-
 def test_each_row_shows_its_own_curve(reviewed_run, tmp_path):
     run, records = reviewed_run
     review = build_review(copy_run(run, tmp_path / "run"))
@@ -403,34 +383,6 @@ def test_converging_run_is_not_flagged(reviewed_run, tmp_path):
     review = build_review(copy_run(reviewed_run[0], tmp_path / "run"))
 
     assert review.flags == {}
-
-
-@pytest.mark.parametrize(
-    ("total", "expected"),
-    [
-        ([100.0, 40.0, 20.0, 10.0], None),
-        ([100.0, 40.0, 10.0, 12.0], "turned up"),
-        ([100.0, 90.0, 80.0, 70.0], "stalled"),
-        ([100.0, math.nan, 10.0], "NaN"),
-        ([100.0, 10.0, math.inf], "NaN"),
-        ([5.0], None),
-        ([], None),
-    ],
-)
-def test_curve_check_flags(total, expected):
-    flag = CurveCheck().flag(total)
-
-    if expected is None:
-        assert flag is None
-    else:
-        assert expected in flag
-
-
-def test_curve_check_rejects_invalid_thresholds():
-    with pytest.raises(ValueError, match="rise_tolerance"):
-        CurveCheck(rise_tolerance=-0.1)
-    with pytest.raises(ValueError, match="min_improvement"):
-        CurveCheck(min_improvement=0.5)
 
 
 def test_diverging_run_is_flagged_on_the_page(content_dir, style_dir, standin_weights, tmp_path):
