@@ -435,7 +435,16 @@ def test_nst_report_after_interrupted_run(reviewed_run, tmp_path, capsys):
     assert "skipped the last line" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("cut", ["inside a quoted cell", "inside a UTF-8 character", "after the last comma"])
+# Where the cut falls: the bytes it follows, or None for 3 bytes before the end.
+CUTS = {
+    "inside a quoted cell": b'line "',
+    "after a line break inside a quoted cell": b"line one\n",
+    "inside a UTF-8 character": "ü".encode()[:1],
+    "after the last comma": None,
+}
+
+
+@pytest.mark.parametrize("cut", list(CUTS))
 def test_report_rows_survive_any_cut(tmp_path, cut):
     records = [
         PairRecord(pair_id="a__b", content="a.png", style="b.jpg", output="a__b.png", status="done", total_loss=1.5),
@@ -445,8 +454,8 @@ def test_report_rows_survive_any_cut(tmp_path, cut):
     with ReportWriter(tmp_path / "report.csv") as writer:
         writer.start(records)
     data = (tmp_path / "report.csv").read_bytes()
-    marker = {"inside a quoted cell": b'"two', "inside a UTF-8 character": "ü".encode(), "after the last comma": b""}
-    position = data.index(marker[cut]) + 1 if marker[cut] else len(data) - 3
+    marker = CUTS[cut]
+    position = data.index(marker) + len(marker) if marker is not None else len(data) - 3
     (tmp_path / "report.csv").write_bytes(data[:position])
 
     rows, warnings = read_report_rows(tmp_path / "report.csv")
