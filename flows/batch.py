@@ -264,7 +264,7 @@ def _build_review(output_dir: Path, run_logger: Any) -> Path | None:
     except Exception as error:
         run_logger.error("Cannot build the contact sheet in %s: %s", output_dir, error, exc_info=True)
         return None
-    for message in review.warnings:
+    for message in review.warning_summary():
         run_logger.warning("Contact sheet: %s", message)
     run_logger.info("Contact sheet: %s", review.html)
     return review.html

@@ -286,7 +286,7 @@ def _run_report(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as error:
         print(f"nst report: {error}", file=sys.stderr)
         return EXIT_INVALID
-    for message in review.warnings:
+    for message in review.warning_summary():
         print(f"nst report: warning: {message}", file=sys.stderr)
     counts = ", ".join(f"{count} {status}" for status, count in sorted(review.counts().items()))
     print(f"{len(review.rows)} pairs ({counts or 'none'}), {len(review.flags)} loss curves flagged")

@@ -303,6 +303,18 @@ class Review:
             counts[row.status] = counts.get(row.status, 0) + 1
         return counts
 
+    def warning_summary(self, limit: int = 20) -> list[str]:
+        """Return the first ``limit`` warnings, and one line counting the rest.
+
+        A folder copied without its images gives one warning per image, so
+        callers that log or print warnings show this instead of all of them.
+        The page lists every warning.
+        """
+        if len(self.warnings) <= limit:
+            return list(self.warnings)
+        rest = len(self.warnings) - limit
+        return [*self.warnings[:limit], f"... and {rest} more warnings, listed in {self.html}"]
+
 
 def relative_url(target: Path, base: Path) -> str:
     """Return a percent-encoded URL of ``target`` relative to the folder ``base``.

@@ -293,6 +293,20 @@ def test_missing_images_get_a_placeholder(reviewed_run, tmp_path):
     assert sum("output image" in message for message in review.warnings) == len(review.rows) - 1
 
 
+def test_warning_summary_counts_the_rest(reviewed_run, tmp_path):
+    run = copy_run_from_elsewhere(reviewed_run[0], tmp_path / "run")
+    for output in run.glob("*.png"):
+        output.unlink()
+    review = build_review(run)
+
+    summary = review.warning_summary(limit=2)
+
+    assert len(review.warnings) > 3
+    assert summary[:2] == review.warnings[:2]
+    assert summary[2] == f"... and {len(review.warnings) - 2} more warnings, listed in {review.html}"
+    assert review.warning_summary(limit=len(review.warnings)) == review.warnings
+
+
 def test_moved_output_folder_still_shows_outputs(reviewed_run, tmp_path):
     moved = copy_run_from_elsewhere(reviewed_run[0], tmp_path / "moved")
 
