@@ -19,7 +19,7 @@ from prefect.futures import as_completed
 from prefect.states import Failed
 
 from flows.manifest import Manifest, ManifestError, folder_manifest, load_manifest
-from flows.plan import OutputLock, Plan, PlannedPair, default_output_dir, make_plan, remove_stale_temporaries
+from flows.plan import OutputLock, OutputLockedError, Plan, PlannedPair, default_output_dir, make_plan, remove_stale_temporaries
 from flows.progress import RunProgress
 from flows.report import PairRecord, ReportWriter, publish_artifacts
 from flows.tasks import PairFailedError, PairJob, run_pair
@@ -33,7 +33,7 @@ PairListener = Callable[[PairRecord], None]
 
 
 class BatchFailedError(RuntimeError):
-    """At least one pair of a batch failed; every other pair ran.
+    """Error of a batch in which at least one pair failed, after every other pair ran.
 
     Attributes:
         summary: The batch summary, as returned by `run_batch` on success.
@@ -165,7 +165,13 @@ def run_batch(
         raise ManifestError(loaded.name, problems)
     cluster_plan = plan_cluster(devices, workers, cluster)
 
-    with OutputLock(plan.output_dir), ReportWriter(plan.output_dir / "report.csv") as report:
+    try:
+        lock = OutputLock(plan.output_dir).acquire()
+    except OutputLockedError as error:
+        # The message names the running batch, so a traceback would add nothing.
+        run_logger.error("%s", error)
+        return Failed(message=str(error), data=error)
+    with lock, ReportWriter(plan.output_dir / "report.csv") as report:
         for path in remove_stale_temporaries(plan):
             run_logger.warning("Removed %s, left by an interrupted run", path)
         skipped = [_skipped_record(pair) for pair in plan.to_skip]
@@ -212,8 +218,8 @@ def run_batch(
         summary["pairs"], elapsed, summary["done"], summary["skipped"], summary["failed"],
     )
     if summary["failed"]:
-        # A Failed state rather than a raise: the failures are already logged
-        # one by one, and the engine would add a traceback of this summary.
+        # Return a Failed state instead of raising, because each failure is
+        # logged already and the engine would add a traceback of this summary.
         error = BatchFailedError(summary)
         return Failed(message=str(error), data=error)
     return summary
@@ -247,7 +253,7 @@ def _collect(future: Any, job: PairJob, run_logger: Any) -> PairRecord:
         run_logger.error("Pair %s crashed: %s", job.pair_id, error, exc_info=True)
         record = job.base_record("failed")
         record.error = f"{type(error).__name__}: {error}"
-        record.finished_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        record.finished_at = datetime.now(timezone.utc).isoformat(timespec="milliseconds")
         return record
 
 

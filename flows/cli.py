@@ -31,10 +31,15 @@ _OFFLINE_DEFAULTS = {
     "PREFECT_CLOUD_ENABLE_ORCHESTRATION_TELEMETRY": "false",
 }
 
+#: Prefect waits 20 s (its default) for the temporary server to start. The
+#: Dask workers start at the same time, and on a busy two-core machine the
+#: server has been measured to need longer, so the CLI allows 120 s unless set.
+_SERVER_DEFAULTS = {"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120"}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``nst`` command with ``argv`` (defaults to ``sys.argv[1:]``) and return the exit code."""
-    for name, value in _OFFLINE_DEFAULTS.items():
+    for name, value in {**_OFFLINE_DEFAULTS, **_SERVER_DEFAULTS}.items():
         os.environ.setdefault(name, value)
 
     parser = argparse.ArgumentParser(prog="nst", description="Batch neural style transfer with MobileNetV2.")
@@ -320,7 +325,10 @@ def _add_run_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_run(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
     from flows.manifest import ManifestError
+    from flows.workers import LocalWorkers, plan_cluster
 
     usage_error = _check_manifest_arguments("run", args)
     if usage_error:
@@ -328,29 +336,66 @@ def _run_run(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     devices = [item.strip() for item in args.devices.split(",") if item.strip()] if args.devices else None
     try:
-        manifest, plan = _load(args)
-        problems = manifest.problems + plan.problems
-        if problems:
-            _print_problems(problems, manifest.name)
-            return EXIT_INVALID
-        from flows.workers import plan_cluster
-
-        plan_cluster(devices, args.workers, args.cluster)
-    except (ManifestError, ValueError) as error:
+        cluster_plan = plan_cluster(devices, args.workers, args.cluster)
+    except ValueError as error:
         print(f"nst run: {error}", file=sys.stderr)
         return EXIT_INVALID
-
-    from flows.batch import BatchFailedError, resolve_weights, run_batch
-
     # The local scheduler runs in this process; its INFO lines would bury the per-pair lines.
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
+    try:
+        manifest, plan = _load(args)
+    except (ManifestError, ValueError) as error:
+        print(f"nst run: {error}", file=sys.stderr)
+        return EXIT_INVALID
+    problems = manifest.problems + plan.problems
+    if problems:
+        _print_problems(problems, manifest.name)
+        return EXIT_INVALID
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nst-cluster") as pool:
+        # Worker processes take seconds to import torch and Prefect, so they
+        # start while Prefect starts its server in this thread.
+        local = cluster_plan.address is None and bool(plan.to_run)
+        starting = pool.submit(LocalWorkers(cluster_plan).start) if local else None
+        workers = None
+        try:
+            _start_prefect_api()
+            if starting is not None:
+                workers = starting.result()
+            address = workers.address if workers is not None else args.cluster
+            return _run_flow(args, plan.output_dir, address)
+        finally:
+            if workers is not None:
+                workers.close()
+            elif starting is not None:
+                starting.add_done_callback(_close_started_workers)
+
+
+def _start_prefect_api() -> None:
+    """Start Prefect's temporary server now, while the workers start, if no API is configured."""
+    from prefect import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    if PREFECT_API_URL.value():
+        return
+    with get_client(sync_client=True) as client:
+        client.api_healthcheck()
+
+
+def _close_started_workers(future) -> None:
+    if not future.cancelled() and future.exception() is None:
+        future.result().close()
+
+
+def _run_flow(args: argparse.Namespace, output_dir: Path, cluster: str) -> int:
+    from flows.batch import BatchFailedError, resolve_weights, run_batch
+    from flows.manifest import ManifestError
+
     state = run_batch(
         manifest=str(Path(args.manifest).resolve()) if args.manifest else None,
-        output_dir=str(plan.output_dir),
-        devices=devices,
-        workers=args.workers,
-        cluster=args.cluster,
+        output_dir=str(output_dir),
+        cluster=cluster,
         weights=resolve_weights(args.weights),
         force=args.force,
         content_dir=str(Path(args.content_dir).resolve()) if args.content_dir else None,

@@ -426,8 +426,8 @@ def _list_images(
         files = [item for item in path.iterdir() if item.is_file() and item.suffix.lower() in IMAGE_SUFFIXES]
     files.sort()
     if not files:
-        wanted = f"matching '{pattern}'" if pattern else f"with a suffix in {', '.join(IMAGE_SUFFIXES)}"
-        manifest.problems.append(f"{location}: no {kind} images {wanted} in '{path}'")
+        expected = f"matching '{pattern}'" if pattern else f"with a suffix in {', '.join(IMAGE_SUFFIXES)}"
+        manifest.problems.append(f"{location}: no {kind} images {expected} in '{path}'")
     readable = []
     for item in files:
         reason = _unreadable_reason(item)

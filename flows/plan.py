@@ -1,8 +1,7 @@
 """The plan of a batch: output names, collisions, what is already done.
 
-A pair counts as done when its output file exists and a done record written
-right after the image was saved says that it was made with the same settings
-hash. The record lives in ``<output-dir>/.nst/done/<pair_id>.json`` and holds
+A pair counts as done when its output file exists and the done record,
+written right after the image was saved, stores the same settings hash. The record lives in ``<output-dir>/.nst/done/<pair_id>.json`` and holds
 the output's size and modification time, so that a replaced or truncated image
 is made again. This works for JPEG outputs too, which carry no PNG text.
 """
@@ -14,11 +13,11 @@ import json
 import logging
 import os
 import socket
-import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Literal
 
+from flows._files import write_atomic
 from flows.manifest import Manifest
 from nst_core.settings import TransferSettings
 
@@ -218,7 +217,7 @@ def remove_stale_temporaries(plan: Plan) -> list[Path]:
     that no running batch is writing them.
     """
     root = plan.output_dir
-    patterns = [(root, ".report.*.tmp"), (root / STATE_DIR / "done", ".*.json.*.tmp"), (root / "histories", ".*.tmp")]
+    patterns = [(root, ".report.csv.*.tmp"), (root / STATE_DIR / "done", ".*.json.*.tmp"), (root / "histories", ".*.tmp")]
     patterns += [(pair.output.parent, f".{pair.output.name}.*.partial") for pair in plan.pairs]
     removed = []
     for folder, pattern in patterns:
@@ -256,7 +255,8 @@ def write_done_record(output_dir: str | os.PathLike[str], output: Path, settings
         "mtime_ns": stat.st_mtime_ns,
         "row": row,
     }
-    _write_atomic(_done_path(root, output.stem), json.dumps(record, indent=1, default=str))
+    text = json.dumps(record, indent=1, default=str)
+    write_atomic(_done_path(root, output.stem), lambda file: file.write(text))
 
 
 def read_done_record(output_dir: str | os.PathLike[str], pair_id: str) -> dict[str, Any] | None:
@@ -287,20 +287,6 @@ def _previous_record(root: Path, output: Path, settings_hash: str) -> dict[str, 
     return row if isinstance(row, dict) else {}
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 # --- output-folder lock -----------------------------------------------------
 
 
@@ -324,6 +310,17 @@ class OutputLock:
         self._file = None
 
     def __enter__(self) -> OutputLock:
+        return self.acquire()
+
+    def acquire(self) -> OutputLock:
+        """Take the lock and return this object; a held lock is kept as it is.
+
+        Raises:
+            OutputLockedError: If another open lock file holds it, naming
+                the holder's pid and host.
+        """
+        if self._file is not None:
+            return self
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = open(self.path, "a+", encoding="utf-8")
         if fcntl is not None:

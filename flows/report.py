@@ -3,7 +3,7 @@
 ``<output-dir>/report.csv`` gets one row per pair, appended and flushed as each
 pair finishes, so a crash loses no finished row. Text cells that a spreadsheet
 would read as a formula (leading ``=``, ``+``, ``-``, ``@``, tab or carriage
-return) get a leading ``'``; `read_report` removes it again.
+return) get a leading ``'``, and `read_report` removes it again.
 """
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ import dataclasses
 import logging
 import math
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import pandas as pd
+
+from flows._files import write_atomic
 
 __all__ = [
     "COLUMNS",
@@ -169,20 +170,14 @@ class ReportWriter:
 
     def start(self, records: Iterable[PairRecord] = ()) -> None:
         """Write the header and ``records`` to a fresh report, then open it for appending."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=".report.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
-                writer = csv.writer(file)
-                writer.writerow(COLUMNS)
-                for record in records:
-                    writer.writerow(_row_cells(record))
-                file.flush()
-                os.fsync(file.fileno())
-            os.replace(temporary, self.path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+
+        def write_rows(file) -> None:
+            writer = csv.writer(file)
+            writer.writerow(COLUMNS)
+            for record in records:
+                writer.writerow(_row_cells(record))
+
+        write_atomic(self.path, write_rows, newline="")
         self._file = open(self.path, "a", encoding="utf-8", newline="")
         self._writer = csv.writer(self._file)
 
@@ -250,18 +245,13 @@ def write_history(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]]) 
         path: The history file.
         rows: Mappings with the keys of `HISTORY_COLUMNS`, as from ``LossHistory.to_rows()``.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+
+    def write_rows(file) -> None:
+        writer = csv.DictWriter(file, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    write_atomic(Path(path), write_rows, newline="")
 
 
 # --- Prefect artifacts ------------------------------------------------------

@@ -78,7 +78,7 @@ class PairJob:
 
 
 class PairFailedError(Exception):
-    """A pair failed; carries its report row so that the flow can write it.
+    """Error of a failed pair, carrying its report row so that the flow can write it.
 
     Attributes:
         record: The pair's report row with status ``failed`` and the error.
@@ -95,13 +95,13 @@ class PairFailedError(Exception):
 
 
 def _retry_out_of_memory(task: Any, task_run: Any, state: Any) -> bool:
-    """Retry a pair only when it ran out of memory; a decoding error will fail again."""
+    """Retry a pair only when it ran out of memory, because other errors, such as an undecodable image, recur."""
     error = state.data
     return isinstance(error, PairFailedError) and error.retryable
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 @task(

@@ -2,8 +2,8 @@
 
 A local cluster gets one worker process per CUDA GPU (or ``workers`` CPU
 processes that split the cores), each with one thread. A `DeviceAssignment`
-plugin tells each worker its device through the ``NST_DEVICE`` environment
-variable and sets its torch thread count. Workers of a remote cluster started
+plugin sets each worker's ``NST_DEVICE`` environment variable to its device
+and sets its torch thread count. Workers of a remote cluster started
 with ``dask worker`` read ``NST_DEVICE`` from their own environment, or use
 the first CUDA GPU when it is unset and the CPU when there is none.
 
@@ -32,6 +32,8 @@ __all__ = [
     "DeviceAssignment",
     "plan_cluster",
     "make_task_runner",
+    "local_cluster_options",
+    "LocalWorkers",
     "start_task_runner",
     "shared_api_settings",
     "worker_device",
@@ -48,7 +50,7 @@ _ADDRESS_PATTERN = re.compile(r"^(tcp|tls)://[^\s:/]+:\d+$")
 
 @dataclasses.dataclass(frozen=True)
 class ClusterPlan:
-    """Where the tasks of a batch run.
+    """Placement of a batch's tasks: an existing cluster, or local workers and their devices.
 
     Attributes:
         address: Scheduler address of an existing cluster, or ``None`` for a
@@ -133,6 +135,9 @@ def plan_cluster(
 class DeviceAssignment(WorkerPlugin):
     """Dask worker plugin that gives each local worker its device.
 
+    NOTE: The tests run CPU workers only; the one-worker-per-GPU mapping has
+    not been run on a multi-GPU machine.
+
     Args:
         devices: Device of each worker, indexed by the worker's name (the
             local cluster names its workers 0, 1, ...).
@@ -158,27 +163,82 @@ class DeviceAssignment(WorkerPlugin):
         torch.set_num_threads(self.threads)
 
 
+def local_cluster_options(plan: ClusterPlan) -> dict[str, Any]:
+    """Return the ``distributed.LocalCluster`` arguments of a local ``plan``.
+
+    One worker process per device with one thread, everything on 127.0.0.1
+    and no dashboard.
+    """
+    return {
+        "n_workers": len(plan.devices),
+        "threads_per_worker": 1,
+        "processes": True,
+        "host": "127.0.0.1",
+        "dashboard_address": None,
+        # The scheduler's HTTP server (health and metrics) runs even without a
+        # dashboard; a free loopback port avoids a clash on the default 8787.
+        "scheduler_kwargs": {"dashboard_address": "127.0.0.1:0"},
+    }
+
+
 def make_task_runner(plan: ClusterPlan) -> DaskTaskRunner:
     """Build the `DaskTaskRunner` for ``plan``; enter it with `start_task_runner`."""
     if plan.address is not None:
         return DaskTaskRunner(address=plan.address)
-    return DaskTaskRunner(
-        cluster_kwargs={
-            "n_workers": len(plan.devices),
-            "threads_per_worker": 1,
-            "processes": True,
-            "host": "127.0.0.1",
-            "dashboard_address": None,
-        }
-    )
+    return DaskTaskRunner(cluster_kwargs=local_cluster_options(plan))
+
+
+class LocalWorkers:
+    """A local cluster started ahead of the flow, so that workers boot in parallel with it.
+
+    Starting worker processes (imports of torch and Prefect) takes seconds. The
+    ``nst`` command starts them while it validates the manifest and Prefect
+    starts its server, then hands the flow the scheduler address.
+
+    Args:
+        plan: A local cluster plan from `plan_cluster`.
+    """
+
+    def __init__(self, plan: ClusterPlan) -> None:
+        if plan.address is not None:
+            raise ValueError("LocalWorkers needs a local cluster plan, not a scheduler address")
+        self.plan = plan
+        self._cluster = None
+        self._client = None
+
+    def start(self) -> LocalWorkers:
+        """Start the scheduler and the workers, and register the device plugin."""
+        from distributed import Client, LocalCluster
+
+        with dask.config.set({"distributed.scheduler.worker-saturation": 1.0}):
+            self._cluster = LocalCluster(**local_cluster_options(self.plan))
+        self._client = Client(self._cluster, set_as_default=False)
+        self._client.register_plugin(DeviceAssignment(self.plan.devices, self.plan.threads))
+        return self
+
+    @property
+    def address(self) -> str:
+        """The scheduler address, ``tcp://127.0.0.1:PORT``."""
+        if self._cluster is None:
+            raise RuntimeError("LocalWorkers.address read before start()")
+        return self._cluster.scheduler_address
+
+    def close(self) -> None:
+        """Stop the workers and the scheduler."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+        if self._cluster is not None:
+            self._cluster.close()
+            self._cluster = None
 
 
 @contextlib.contextmanager
 def shared_api_settings() -> Iterator[None]:
     """Make task runs in other processes report to this flow run's Prefect API.
 
-    Without ``PREFECT_API_URL`` the flow runs on a temporary server that only
-    this process knows. Dask workers receive the flow's settings with each
+    Without ``PREFECT_API_URL`` the flow runs on a temporary server whose
+    address only this process has. Dask workers receive the flow's settings with each
     task, so putting the server's address into them makes every worker report
     to the same server instead of starting its own.
     """

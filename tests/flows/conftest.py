@@ -73,5 +73,5 @@ def prefect_server():
     """A temporary Prefect server over a fresh database for flow runs in this process."""
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):
         yield

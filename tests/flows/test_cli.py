@@ -138,10 +138,10 @@ def test_rerun_after_sigkill_finishes_every_pair(
     tmp_path: Path, images: dict[str, Path], run_nst, standin_weights: Path
 ) -> None:
     batch = tmp_path / "batch"
-    copy_images(images, batch / "photos", ["astronaut", "chelsea", "coffee", "rocket"])
+    copy_images(images, batch / "photos", ["astronaut", "chelsea"])
     copy_images(images, batch / "paintings", ["shipwreck", "starry_night"])
     (batch / "m.yaml").write_text(
-        "defaults: {size: 96, steps: 40}\ncontent_dir: photos\nstyle_dir: paintings\n", encoding="utf-8"
+        "defaults: {size: 64, steps: 60}\ncontent_dir: photos\nstyle_dir: paintings\n", encoding="utf-8"
     )
     outputs = batch / "outputs"
     command = [str(NST), "run", "m.yaml", "--weights", str(standin_weights)]
@@ -162,13 +162,13 @@ def test_rerun_after_sigkill_finishes_every_pair(
         except ProcessLookupError:
             pass
     finished_before = len(list(outputs.glob("*.png")))
-    assert finished_before < 8, "every pair finished before the kill; the test needs longer pairs"
+    assert finished_before < 4, "every pair finished before the kill; the test needs longer pairs"
 
     result = run_nst("run", "m.yaml", "--weights", str(standin_weights), cwd=batch, timeout=400)
 
     assert result.returncode == 0, result.stderr[-3000:]
     frame = read_report(outputs / "report.csv")
-    assert len(frame) == 8
+    assert len(frame) == 4
     assert set(frame["status"]) <= {"done", "skipped"}
     assert (frame["status"] == "skipped").sum() >= finished_before
     for pair_id in frame["pair_id"]:

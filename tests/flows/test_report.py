@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import math
 from pathlib import Path
 
@@ -114,3 +115,16 @@ def test_summary_lists_counts_and_failures() -> None:
     assert "Pairs: 3 (done 1, skipped 1, failed 1)" in text
     assert "Wall time: 12.5 s" in text
     assert "| c | a\\|b |" in text
+
+
+def test_files_follow_the_umask(tmp_path: Path) -> None:
+    previous = os.umask(0o022)
+    try:
+        with ReportWriter(tmp_path / "report.csv") as writer:
+            writer.start()
+        write_history(tmp_path / "histories" / "a.csv", [])
+    finally:
+        os.umask(previous)
+
+    assert (tmp_path / "report.csv").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "histories" / "a.csv").stat().st_mode & 0o777 == 0o644
