@@ -313,7 +313,7 @@ class OutputLock:
         return self.acquire()
 
     def acquire(self) -> OutputLock:
-        """Take the lock and return this object; a held lock is kept as it is.
+        """Take the lock and return this object, which keeps a lock it holds already.
 
         Raises:
             OutputLockedError: If another open lock file holds it, naming
