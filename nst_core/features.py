@@ -32,10 +32,11 @@ class FeatureExtractor(nn.Module):
     Args:
         state_dict: State dict of ``mobilenet_v2().features``.
         depth: Index of the deepest block to keep, from 0 to 18.
-        fold_batch_norm: Fold each BatchNorm into the convolution before it.
-            Defaults to ``True``.
-        channels_last: Run convolutions in channels-last memory format.
-            Defaults to ``True``.
+        exact: Keep torchvision's blocks as they are, for outputs equal to
+            ``mobilenet_v2().features`` to the last bit. The default folds each
+            BatchNorm into the convolution before it, runs channels-last and
+            uses out-of-place ReLU6, which is faster and equal up to float
+            rounding. Defaults to ``False``.
     """
 
     def __init__(
@@ -43,8 +44,7 @@ class FeatureExtractor(nn.Module):
         state_dict: dict[str, torch.Tensor],
         depth: int,
         *,
-        fold_batch_norm: bool = True,
-        channels_last: bool = True,
+        exact: bool = False,
     ) -> None:
         super().__init__()
         if not 0 <= depth < NUM_FEATURE_BLOCKS:
@@ -52,14 +52,18 @@ class FeatureExtractor(nn.Module):
         features = mobilenet_v2().features
         features.load_state_dict(state_dict)
         blocks = features[: depth + 1].eval()
-        if fold_batch_norm:
+        if not exact:
             blocks = _fold_batch_norm(blocks)
+            # In-place ReLU6 on channels-last maps runs as a clamp followed by
+            # a copy back, two passes over each activation instead of one.
+            for module in blocks.modules():
+                if isinstance(module, nn.ReLU6):
+                    module.inplace = False
+            blocks.to(memory_format=torch.channels_last)
         blocks.requires_grad_(False)
         self.blocks = blocks
         self.depth = depth
-        self.channels_last = channels_last
-        if channels_last:
-            self.blocks.to(memory_format=torch.channels_last)
+        self.channels_last = not exact
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         self.eval()
@@ -144,8 +148,6 @@ def load_feature_extractor(
         extractor = _CACHE.get(key)
         if extractor is None:
             state_dict = load_features_state_dict(weights)
-            extractor = FeatureExtractor(
-                state_dict, depth, fold_batch_norm=not exact, channels_last=not exact
-            ).to(device)
+            extractor = FeatureExtractor(state_dict, depth, exact=exact).to(device)
             _CACHE[key] = extractor
         return extractor

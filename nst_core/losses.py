@@ -26,8 +26,14 @@ def gram_matrix(features: torch.Tensor) -> torch.Tensor:
     if features.dim() != 4:
         raise ValueError(f"Expected features of shape (B, C, H, W). Got {tuple(features.shape)}")
     batch, channels, height, width = features.shape
+    size = channels * height * width
+    if not features.is_contiguous() and features.is_contiguous(memory_format=torch.channels_last):
+        # Reading channels-last maps as (B, H*W, C) is free, while the
+        # (B, C, H*W) view would copy them.
+        flat = features.permute(0, 2, 3, 1).reshape(batch, height * width, channels)
+        return torch.bmm(flat.transpose(1, 2), flat) / size
     flat = features.reshape(batch, channels, height * width)
-    return torch.bmm(flat, flat.transpose(1, 2)) / (channels * height * width)
+    return torch.bmm(flat, flat.transpose(1, 2)) / size
 
 
 def content_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

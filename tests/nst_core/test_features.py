@@ -99,6 +99,14 @@ class TestFeatureExtractor:
         for layer in (4, 7):
             torch.testing.assert_close(actual[layer], desired[layer], rtol=1e-4, atol=1e-4)
 
+    def test_exact_extractor_equals_torchvision_bit_for_bit(self, standin_state):
+        reference = mobilenet_v2().features.eval()
+        reference.load_state_dict(standin_state)
+        extractor = FeatureExtractor(standin_state, 4, exact=True)
+        image = torch.rand(1, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+        with torch.no_grad():
+            assert torch.equal(extractor(image, [4], normalize=False)[4], reference[:5](image))
+
     def test_normalizes_its_input(self, standin_state):
         extractor = FeatureExtractor(standin_state, 4)
         image = torch.rand(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
