@@ -155,11 +155,18 @@ def _features_only(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: value for key, value in state.items() if not key.startswith("classifier.")}
 
 
+@functools.lru_cache(maxsize=1)
+def _expected_shapes() -> dict[str, torch.Size]:
+    # Built on the meta device: shapes only, no memory and no weight init.
+    with torch.device("meta"):
+        return {key: value.shape for key, value in mobilenet_v2().features.state_dict().items()}
+
+
 def _check_keys(state: dict[str, torch.Tensor], source: str) -> None:
-    expected = mobilenet_v2().features.state_dict()
+    expected = _expected_shapes()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
-    mismatched = [key for key in expected if key in state and state[key].shape != expected[key].shape]
+    mismatched = [key for key in expected if key in state and state[key].shape != expected[key]]
     if missing or unexpected or mismatched:
         details = []
         if missing:
