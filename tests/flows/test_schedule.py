@@ -23,6 +23,10 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.client.schemas.sorting import FlowRunSort
+
+from flows.cli import main
 from flows.report import read_report
 
 pytestmark = pytest.mark.slow
@@ -209,9 +213,6 @@ def test_prefect_yaml_deploys_nightly_schedule(
 
 def scheduled_start_times(site: PrefectSite, deployment_id, timeout: float = 60) -> list[datetime.datetime]:
     """The start times of the runs that the server's scheduler created for a deployment."""
-    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-    from prefect.client.schemas.sorting import FlowRunSort
-
     deadline = time.monotonic() + timeout
     with site.client() as client:
         while time.monotonic() < deadline:
@@ -231,9 +232,12 @@ def test_nst_schedule_creates_cron_deployment(
 ) -> None:
     manifest = write_manifest(tmp_path, images)
 
+    output_dir = tmp_path / "cli-outputs"
+
     result = prefect_site.run(
         str(BIN / "nst"), "schedule", str(manifest), "--cron", "0 1 * * *", "--timezone", "Europe/Berlin",
-        "--name", "nightly-cli", "--pool", "nst-cli", "--weights", str(standin_weights), "--set", "steps=4",
+        "--output-dir", str(output_dir), "--name", "nightly-cli", "--pool", "nst-cli",
+        "--weights", str(standin_weights), "--set", "steps=4", "--cluster", "tcp://127.0.0.1:8786",
         cwd=tmp_path,
     )
 
@@ -242,7 +246,7 @@ def test_nst_schedule_creates_cron_deployment(
     assert "Deployment: nst-batch/nightly-cli" in result.stdout
     assert "Schedule: 0 1 * * * (Europe/Berlin)" in result.stdout
     assert f"Next run: {expected_next.isoformat()}" in result.stdout
-    assert f"Output folder: {tmp_path / 'outputs'}" in result.stdout
+    assert f"Output folder: {output_dir}" in result.stdout
 
     with prefect_site.client() as client:
         deployment = client.read_deployment_by_name("nst-batch/nightly-cli")
@@ -254,39 +258,61 @@ def test_nst_schedule_creates_cron_deployment(
     ]
     assert deployment.parameters == {
         "manifest": str(manifest),
-        "output_dir": str(tmp_path / "outputs"),
+        "output_dir": str(output_dir),
         "weights": str(standin_weights),
         "defaults": {"steps": "4"},
+        "cluster": "tcp://127.0.0.1:8786",
     }
     assert deployment.pull_steps == [
         {"prefect.deployments.steps.set_working_directory": {"directory": str(REPOSITORY)}}
     ]
     assert deployment.entrypoint == "flows/batch.py:run_batch"
 
+    # The guide's "start a run now" command; no worker polls nst-cli, so the run waits.
+    started = prefect_site.run(str(BIN / "prefect"), "deployment", "run", "nst-batch/nightly-cli")
+    assert started.returncode == 0, started.stdout + started.stderr
+    with prefect_site.client() as client:
+        flow_runs = client.read_flow_runs(
+            deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        )
+    now = datetime.datetime.now(datetime.timezone.utc)
+    waiting = [run for run in flow_runs if run.expected_start_time <= now]
+    assert len(waiting) == 1
+    assert waiting[0].state.is_scheduled()
+    assert waiting[0].parameters["cluster"] == "tcp://127.0.0.1:8786"
 
-def test_schedule_without_server_exits_2(tmp_path: Path, images: dict[str, Path], run_nst) -> None:
+
+def test_schedule_without_server_exits_2(
+    tmp_path: Path, images: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     manifest = write_manifest(tmp_path, images)
 
-    result = run_nst("schedule", str(manifest), "--cron", "0 1 * * *", "--weights", "random", cwd=tmp_path)
+    # Other flow tests may have set the API URL of a test server for this process.
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        code = main(["schedule", str(manifest), "--cron", "0 1 * * *", "--weights", "random"])
+    stderr = capsys.readouterr().err
 
-    assert result.returncode == 2
-    assert "No Prefect server is configured" in result.stderr
-    assert "prefect server start" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert code == 2
+    assert "No Prefect server is configured" in stderr
+    assert "prefect server start" in stderr
 
 
-def test_schedule_with_silent_server_exits_2(tmp_path: Path, images: dict[str, Path], free_port) -> None:
+def test_schedule_with_silent_server_exits_2(
+    tmp_path: Path, images: dict[str, Path], free_port, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
     manifest = write_manifest(tmp_path, images)
     url = f"http://127.0.0.1:{free_port()}/api"
 
-    result = subprocess.run(
-        [str(BIN / "nst"), "schedule", str(manifest), "--cron", "0 1 * * *", "--weights", "random"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "PREFECT_API_URL": url},
-    )
+    with temporary_settings({PREFECT_API_URL: url}):
+        code = main(["schedule", str(manifest), "--cron", "0 1 * * *", "--weights", "random"])
+    stderr = capsys.readouterr().err
 
-    assert result.returncode == 2
-    assert f"The Prefect server at {url} does not respond" in result.stderr
-    assert "Traceback" not in result.stderr
+    assert code == 2
+    assert f"The Prefect server at {url} does not respond" in stderr
 
 
 @pytest.mark.parametrize(
@@ -294,19 +320,31 @@ def test_schedule_with_silent_server_exits_2(tmp_path: Path, images: dict[str, P
     [
         ("--cron", "0 25 * * *", "Invalid cron expression '0 25 * * *'"),
         ("--timezone", "Mars/Olympus", "Unknown time zone 'Mars/Olympus'"),
+        ("--cluster", "localhost:8786", "Invalid cluster address 'localhost:8786'"),
     ],
 )
 def test_schedule_rejects_bad_option(
-    tmp_path: Path, images: dict[str, Path], run_nst, option: str, value: str, message: str
+    tmp_path: Path, images: dict[str, Path], capsys: pytest.CaptureFixture[str], option: str, value: str, message: str
 ) -> None:
     manifest = write_manifest(tmp_path, images)
     arguments = {"--cron": "0 1 * * *", "--timezone": "UTC", option: value}
+    argv = ["schedule", str(manifest), "--weights", "random"]
+    for name, item in arguments.items():
+        argv += [name, item]
 
-    result = run_nst(
-        "schedule", str(manifest), "--weights", "random", *[item for pair in arguments.items() for item in pair],
-        cwd=tmp_path,
-    )
+    code = main(argv)
+    stderr = capsys.readouterr().err
 
-    assert result.returncode == 2
-    assert message in result.stderr
-    assert "Traceback" not in result.stderr
+    assert code == 2
+    assert message in stderr
+
+
+def test_schedule_invalid_manifest_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    manifest = tmp_path / "nightly.yaml"
+    manifest.write_text("pairs:\n  - {content: gone.png, style: missing.jpg}\n", encoding="utf-8")
+
+    code = main(["schedule", str(manifest), "--cron", "0 1 * * *", "--weights", "random"])
+    stderr = capsys.readouterr().err
+
+    assert code == 2
+    assert "content image 'gone.png' not found" in stderr
