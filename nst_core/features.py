@@ -1,10 +1,11 @@
 """The MobileNetV2 feature extractor that the losses compare.
 
-Only the blocks up to the deepest one a loss reads are kept, BatchNorm layers
-are folded into the convolutions before them, parameters never require
-gradients, and activations use the channels-last memory format that oneDNN and
-cuDNN run fastest. The result is the same function as ``mobilenet_v2().features``
-in eval mode, up to float rounding, at a fraction of its cost.
+Only the blocks up to the deepest one a loss reads are kept and parameters
+never require gradients. By default BatchNorm layers are also folded into the
+convolutions before them and activations use the channels-last memory format
+that oneDNN and cuDNN run fastest. The result is the same function as
+``mobilenet_v2().features`` in eval mode, up to float rounding, at a fraction
+of its cost; ``exact=True`` keeps torchvision's blocks unmodified instead.
 """
 
 from __future__ import annotations

@@ -85,7 +85,7 @@ def _decode(
     size: int | None,
     resize: Literal["fit", "square"],
 ) -> Image.Image | np.ndarray:
-    # Returns an 8-bit RGB image where the file holds 8-bit samples, so that
+    # Returns an 8-bit RGB image where the file contains 8-bit samples, so that
     # resizing rounds like Pillow and torchvision do, and a float32 array in
     # [0, 1] for 16-bit and floating-point files.
     if isinstance(source, Image.Image):
@@ -151,7 +151,7 @@ def _scale_high_bit(values: np.ndarray, mode: str, path: Path | None) -> np.ndar
     # 16-bit samples are scaled by the 16-bit range. Integer and float images
     # whose values do not fit a known range are stretched from min to max.
     if values.size == 0 or not np.isfinite(values).all():
-        raise ImageError(path, f"{mode} image holds no finite pixel values")
+        raise ImageError(path, f"{mode} image contains no finite pixel values")
     low, high = float(values.min()), float(values.max())
     if mode.startswith("I;16") or (mode == "I" and low >= 0 and high <= 65535 and high > 255):
         return values / 65535.0
