@@ -80,7 +80,7 @@ def check_prefect_server(timeout: float = 5.0) -> str:
             cannot be reached or is not healthy.
     """
     import httpx
-    from prefect.settings import PREFECT_API_URL
+    from prefect.settings import PREFECT_API_KEY, PREFECT_API_URL
 
     url = PREFECT_API_URL.value()
     if not url:
@@ -89,14 +89,20 @@ def check_prefect_server(timeout: float = 5.0) -> str:
             "Start one with 'prefect server start' and run "
             "'prefect config set PREFECT_API_URL=http://127.0.0.1:4200/api'"
         )
+    api_key = PREFECT_API_KEY.value()
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     try:
-        response = httpx.get(f"{url.rstrip('/')}/health", timeout=timeout)
-        response.raise_for_status()
-    except httpx.HTTPError as error:
+        response = httpx.get(f"{url.rstrip('/')}/health", headers=headers, timeout=timeout)
+    except httpx.TransportError as error:
         raise PrefectServerError(
             f"The Prefect server at {url} does not respond ({type(error).__name__}: {error}). "
             "Check that 'prefect server start' is running and PREFECT_API_URL points at it"
         ) from error
+    if response.is_error:
+        raise PrefectServerError(
+            f"The Prefect server at {url} failed its health check with HTTP {response.status_code}. "
+            "Check PREFECT_API_URL, and PREFECT_API_KEY for Prefect Cloud"
+        )
     return url
 
 

@@ -228,7 +228,7 @@ def scheduled_start_times(site: PrefectSite, deployment_id, timeout: float = 60)
 
 
 def test_nst_schedule_creates_cron_deployment(
-    prefect_site: PrefectSite, worker: Path, tmp_path: Path, images: dict[str, Path], standin_weights: Path
+    prefect_site: PrefectSite, tmp_path: Path, images: dict[str, Path], standin_weights: Path
 ) -> None:
     manifest = write_manifest(tmp_path, images)
 
@@ -313,6 +313,39 @@ def test_schedule_with_silent_server_exits_2(
 
     assert code == 2
     assert f"The Prefect server at {url} does not respond" in stderr
+
+
+def test_schedule_with_unhealthy_server_exits_2(
+    tmp_path: Path, images: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import http.server
+    import threading
+
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    class Unavailable(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(503)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    manifest = write_manifest(tmp_path, images)
+    server = http.server.HTTPServer(("127.0.0.1", 0), Unavailable)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/api"
+    try:
+        with temporary_settings({PREFECT_API_URL: url}):
+            code = main(["schedule", str(manifest), "--cron", "0 1 * * *", "--weights", "random"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    stderr = capsys.readouterr().err
+
+    assert code == 2
+    assert f"The Prefect server at {url} failed its health check with HTTP 503" in stderr
 
 
 @pytest.mark.parametrize(
