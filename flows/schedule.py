@@ -10,7 +10,6 @@ code that is checked out there.
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import datetime
 import logging
@@ -118,6 +117,7 @@ def next_run_time(cron: str, timezone: str = "UTC", after: datetime.datetime | N
     """
     from pydantic import ValidationError
     from prefect.server.schemas.schedules import CronSchedule
+    from prefect.utilities.asyncutils import run_coro_as_sync
 
     check_timezone(timezone)
     try:
@@ -128,9 +128,14 @@ def next_run_time(cron: str, timezone: str = "UTC", after: datetime.datetime | N
             "such as '0 1 * * *' for 01:00 every night"
         ) from error
     start = after or datetime.datetime.now(datetime.timezone.utc)
-    dates = asyncio.run(schedule.get_dates(n=1, start=start + datetime.timedelta(seconds=1)))
+    never_fires = f"The cron expression '{cron}' never fires. Check the day and month fields"
+    try:
+        dates = run_coro_as_sync(schedule.get_dates(n=1, start=start + datetime.timedelta(seconds=1)))
+    except ValueError as error:
+        # cronsim raises when no date matches, such as for February 31.
+        raise ValueError(never_fires) from error
     if not dates:
-        raise ValueError(f"The cron expression '{cron}' never fires. Check the day and month fields")
+        raise ValueError(never_fires)
     return dates[0].astimezone(ZoneInfo(timezone))
 
 

@@ -352,6 +352,7 @@ def test_schedule_with_unhealthy_server_exits_2(
     ("option", "value", "message"),
     [
         ("--cron", "0 25 * * *", "Invalid cron expression '0 25 * * *'"),
+        ("--cron", "0 0 31 2 *", "The cron expression '0 0 31 2 *' never fires"),
         ("--timezone", "Mars/Olympus", "Unknown time zone 'Mars/Olympus'"),
         ("--cluster", "localhost:8786", "Invalid cluster address 'localhost:8786'"),
     ],
