@@ -113,7 +113,7 @@ def main() -> None:
     parser.add_argument("--style-dir", type=Path, default=DATA / "images" / "style")
     parser.add_argument("--weights", default=str(DATA / "weights" / "mobilenet_v2_standin.pth"))
     parser.add_argument("--pairs", type=int, default=20, help="number of pairs (default: 20)")
-    parser.add_argument("--size", type=int, default=128, help="longest side in pixels (default: 128)")
+    parser.add_argument("--size", type=int, default=128, help="maximum side of each image in pixels (default: 128)")
     parser.add_argument("--steps", type=int, default=50, help="optimiser steps per pair (default: 50)")
     args = parser.parse_args()
 

@@ -1,7 +1,8 @@
 """The plan of a batch: output names, collisions, what is already done.
 
 A pair counts as done when its output file exists and the done record,
-written right after the image was saved, stores the same settings hash. The record lives in ``<output-dir>/.nst/done/<pair_id>.json`` and holds
+written right after the image was saved, stores the same settings hash. The
+record lives in ``<output-dir>/.nst/done/<pair_id>.json`` and holds
 the output's size and modification time, so that a replaced or truncated image
 is made again. This works for JPEG outputs too, which carry no PNG text.
 """

@@ -16,7 +16,7 @@ WIDTH, HEIGHT = 160, 120
 
 
 def hills() -> Image.Image:
-    """A landscape photo: sky gradient, sun, two hills and a lake."""
+    """Draw a landscape photo: sky gradient, sun, two hills and a lake."""
     rows = np.linspace(0.0, 1.0, HEIGHT)[:, None, None]
     sky = (1 - rows) * np.array([90, 150, 230]) + rows * np.array([235, 225, 200])
     image = Image.fromarray(np.broadcast_to(sky, (HEIGHT, WIDTH, 3)).astype(np.uint8))
@@ -29,7 +29,7 @@ def hills() -> Image.Image:
 
 
 def still_life() -> Image.Image:
-    """A still-life photo: a table, a bowl and two fruits, lit from the left."""
+    """Draw a still-life photo: a table, a bowl and two fruits, lit from the left."""
     image = Image.new("RGB", (WIDTH, HEIGHT), (200, 190, 170))
     draw = ImageDraw.Draw(image)
     draw.rectangle((0, 75, 160, 120), fill=(120, 80, 50))
@@ -42,7 +42,7 @@ def still_life() -> Image.Image:
 
 
 def swirls(rng: np.random.Generator) -> Image.Image:
-    """A painting of concentric swirls in blue and yellow."""
+    """Draw a painting of concentric swirls in blue and yellow."""
     y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
     angle = np.arctan2(y - HEIGHT / 2, x - WIDTH / 2)
     radius = np.hypot(y - HEIGHT / 2, x - WIDTH / 2)
@@ -54,7 +54,7 @@ def swirls(rng: np.random.Generator) -> Image.Image:
 
 
 def strokes(rng: np.random.Generator) -> Image.Image:
-    """A painting of short, thick red, orange and dark brush strokes."""
+    """Draw a painting of short, thick red, orange and dark brush strokes."""
     image = Image.new("RGB", (WIDTH, HEIGHT), (240, 220, 190))
     draw = ImageDraw.Draw(image)
     palette = [(190, 40, 30), (230, 120, 30), (60, 30, 30), (250, 190, 80)]

@@ -83,7 +83,7 @@ def test_plain_quote_survives_round_trip() -> None:
         assert unescape_cell(escape_cell(text)) == text
 
 
-def test_missing_numbers_read_as_nan_and_text_as_empty(tmp_path: Path) -> None:
+def test_empty_cells_read_as_nan_or_empty(tmp_path: Path) -> None:
     path = tmp_path / "report.csv"
     with ReportWriter(path) as writer:
         writer.start()
