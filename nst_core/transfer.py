@@ -350,7 +350,6 @@ def _optimize(
 ) -> tuple[torch.Tensor, torch.Tensor, dict[int, NonFiniteLossError]]:
     # Returns the final target, a (steps, 4, batch) tensor of total, content,
     # style and TV losses, and the items whose loss became non-finite.
-    torch.manual_seed(settings.seed)
     target = _initial_target(content, settings)
     batch = target.shape[0]
     history = torch.zeros(settings.steps, 4, batch, device=target.device)
