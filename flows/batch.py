@@ -196,8 +196,7 @@ def run_batch(
                     jobs[runner.submit(run_pair, {"job": job})] = job
                 for future in as_completed(list(jobs)):
                     record = _collect(future, jobs[future], run_logger)
-                    for listener in listeners:
-                        listener(record)
+                    _notify(listeners, record, run_logger)
 
     elapsed = time.perf_counter() - started
     publish_artifacts(records, elapsed, plan.output_dir)
@@ -241,6 +240,18 @@ def _pair_listeners(report: ReportWriter, records: list[PairRecord], run_logger:
             )
 
     return [report.add, records.append, log_pair]
+
+
+def _notify(listeners: list[PairListener], record: PairRecord, run_logger: Any) -> None:
+    # One failing listener, such as the progress display, must not stop the
+    # batch or keep the other listeners from seeing the pair.
+    for listener in listeners:
+        try:
+            listener(record)
+        except Exception as error:
+            run_logger.error(
+                "Handling the result of pair %s failed in %r: %s", record.pair_id, listener, error, exc_info=True
+            )
 
 
 def _collect(future: Any, job: PairJob, run_logger: Any) -> PairRecord:
