@@ -220,6 +220,12 @@ def test_failing_pair_leaves_the_others_done(
     assert not (manifest.parent / "outputs" / "corrupt__shipwreck.png").exists()
     assert set(frame.drop(index="corrupt__shipwreck")["status"]) == {"done"}
 
+    table = artifacts_of(state)["nst-batch-report"].data
+    rows = {row["pair_id"]: row for row in (json.loads(table) if isinstance(table, str) else table)}
+    assert rows["corrupt__shipwreck"]["status"] == "failed"
+    assert rows["corrupt__shipwreck"]["total_loss"] is None
+    assert "Failures" in artifacts_of(state)["nst-batch-summary"].data
+
     failed_runs = [run for run in task_runs_of(state) if run.name == "corrupt__shipwreck"]
     assert len(failed_runs) == 1
     assert failed_runs[0].state.is_failed()
