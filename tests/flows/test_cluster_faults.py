@@ -56,13 +56,23 @@ class Cluster:
         with Client(self.address, timeout=60) as client:
             return {info["name"]: address for address, info in client.scheduler_info()["workers"].items()}
 
-    def processing(self) -> dict[str, int]:
-        """Number of tasks that each worker, by name, is running or holds."""
+    def processing(self) -> dict[str, list]:
+        """Keys of the tasks that each worker, by name, is running or holds."""
         from distributed import Client
 
         names = {address: name for name, address in self.worker_addresses().items()}
         with Client(self.address, timeout=60) as client:
-            return {names[address]: len(keys) for address, keys in client.processing().items() if address in names}
+            return {names[address]: list(keys) for address, keys in client.processing().items() if address in names}
+
+    def transitions(self, key) -> list[str]:
+        """The states that the scheduler moved task ``key`` into, in order."""
+        from distributed import Client
+
+        def story(dask_scheduler) -> list[str]:
+            return [finish for _, _, finish, *_ in dask_scheduler.story(key)]
+
+        with Client(self.address, timeout=60) as client:
+            return client.run_on_scheduler(story)
 
 
 @pytest.fixture
@@ -97,15 +107,6 @@ def cluster(tmp_path: Path, free_port) -> Iterator[Cluster]:
         stop(scheduler)
 
 
-def wait_until(condition, timeout: float, message: str, interval: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(interval)
-    pytest.fail(message)
-
-
 def report_rows(path: Path) -> int:
     if not path.is_file():
         return 0
@@ -119,7 +120,7 @@ def test_killed_worker_pair_reruns_elsewhere(
     manifest.write_text(
         textwrap.dedent(
             f"""
-            defaults: {{size: 64, steps: 150}}
+            defaults: {{size: 64, steps: 300}}
             content_dir: "{images['astronaut'].parent}"
             style_dir: "{images['shipwreck'].parent}"
             style_glob: "s*.jpg"
@@ -136,15 +137,19 @@ def test_killed_worker_pair_reruns_elsewhere(
     )
     try:
         # Kill alpha while it runs a pair, after at least one pair is in the report.
-        wait_until(
-            lambda: report_rows(report) >= 1 and cluster.processing().get("alpha", 0) >= 1,
-            timeout=240,
-            message=f"no pair finished while alpha was busy; run log:\n{run_log.read_text()}",
-        )
+        deadline = time.monotonic() + 240
+        running_on_alpha: list = []
+        while not running_on_alpha:
+            if time.monotonic() > deadline:
+                pytest.fail(f"no pair finished while alpha was busy; run log:\n{run_log.read_text()}")
+            if report_rows(report) >= 1:
+                running_on_alpha = cluster.processing().get("alpha", [])
+            time.sleep(0.2)
         os.killpg(cluster.workers["alpha"].pid, signal.SIGKILL)
         killed_at = datetime.datetime.now(datetime.timezone.utc)
         cluster.workers["alpha"].wait(timeout=20)
         code = run.wait(timeout=300)
+        killed_pair_states = cluster.transitions(running_on_alpha[0])
     finally:
         stop(run)
     frame = read_report(report)
@@ -161,3 +166,7 @@ def test_killed_worker_pair_reruns_elsewhere(
     alpha_after_kill = [when for worker, when in zip(workers, finished) if worker == "alpha" and when > killed_at]
     assert alpha_after_kill == []
     assert workers.count("beta") >= 1
+    # The pair that alpha was running went back to the queue and ran again on beta.
+    assert killed_pair_states.count("processing") == 2, killed_pair_states
+    last_processing = max(index for index, state in enumerate(killed_pair_states) if state == "processing")
+    assert "memory" in killed_pair_states[last_processing:], killed_pair_states
