@@ -137,6 +137,8 @@ def test_killed_worker_pair_reruns_elsewhere(
     )
     try:
         # Kill alpha while it runs a pair, after at least one pair is in the report.
+        # NOTE: A pair that ends between this snapshot and the kill (a few
+        # milliseconds) fails the test; 300 steps keep each pair seconds long.
         deadline = time.monotonic() + 240
         running_on_alpha: list = []
         while not running_on_alpha:
