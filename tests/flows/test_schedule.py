@@ -209,6 +209,7 @@ def test_prefect_yaml_deploys_nightly_schedule(
     assert set(frame["status"]) == {"done"}
     assert (output_dir / "astronaut__shipwreck.png").is_file()
     assert (output_dir / "rocket__shipwreck.png").is_file()
+    assert "done astronaut__shipwreck" in worker.read_text()
     assert scheduled_start_times(prefect_site, deployment.id)[0] == next_one_am("UTC")
 
 
