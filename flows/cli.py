@@ -463,6 +463,8 @@ def _run_schedule(args: argparse.Namespace) -> int:
         return EXIT_INVALID
     devices = [item.strip() for item in args.devices.split(",") if item.strip()] if args.devices else None
     try:
+        # NOTE: --devices is checked against this machine's GPUs, which are
+        # the worker's only when the worker runs on this machine.
         plan_cluster(devices, args.workers, args.cluster)
         manifest, plan = _load(args)
     except (ManifestError, ValueError) as error:
