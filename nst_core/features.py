@@ -14,6 +14,7 @@ import threading
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchvision.models import mobilenet_v2
@@ -37,7 +38,8 @@ class FeatureExtractor(nn.Module):
             ``mobilenet_v2().features`` to the last bit. The default folds each
             BatchNorm into the convolution before it, runs channels-last and
             uses out-of-place ReLU6, which is faster and equal up to float
-            rounding. Defaults to ``False``.
+            rounding. 1x1 convolutions then run as matrix products
+            (`PointwiseConv2d`). Defaults to ``False``.
     """
 
     def __init__(
@@ -54,7 +56,7 @@ class FeatureExtractor(nn.Module):
         features.load_state_dict(state_dict)
         blocks = features[: depth + 1].eval()
         if not exact:
-            blocks = _fold_batch_norm(blocks)
+            blocks = _replace_pointwise_convolutions(_fold_batch_norm(blocks))
             # In-place ReLU6 on channels-last maps runs as a clamp followed by
             # a copy back, two passes over each activation instead of one.
             for module in blocks.modules():
@@ -117,6 +119,42 @@ def _fold_batch_norm(module: nn.Module) -> nn.Module:
                 folded = fuse_conv_bn_eval(conv.double(), norm.double()).to(dtype)
                 module[index] = folded
                 module[index + 1] = nn.Identity()
+    return module
+
+
+class PointwiseConv2d(nn.Module):
+    """A 1x1 convolution computed as a matrix product over channels-last maps.
+
+    On a channels-last (B, C, H, W) tensor, a 1x1 convolution with stride 1 is
+    one (B*H*W, C_in) x (C_in, C_out) matrix product, which a GEMM computes
+    without the layout copies that PyTorch's CPU convolution paths make.
+
+    Args:
+        conv: The 1x1 convolution, with stride 1, one group and a bias.
+    """
+
+    def __init__(self, conv: nn.Conv2d) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(conv.weight.detach().flatten(1).clone(), requires_grad=False)
+        self.bias = nn.Parameter(conv.bias.detach().clone(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.permute(0, 2, 3, 1), self.weight, self.bias).permute(0, 3, 1, 2)
+
+
+def _replace_pointwise_convolutions(module: nn.Module) -> nn.Module:
+    for name, child in module.named_children():
+        is_pointwise = (
+            isinstance(child, nn.Conv2d)
+            and child.kernel_size == (1, 1)
+            and child.stride == (1, 1)
+            and child.groups == 1
+            and child.bias is not None
+        )
+        if is_pointwise:
+            setattr(module, name, PointwiseConv2d(child))
+        else:
+            _replace_pointwise_convolutions(child)
     return module
 
 
