@@ -39,6 +39,13 @@ ImageSource = str | os.PathLike | Image.Image
 #: Output formats by file extension.
 SAVE_FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG"}
 
+def _current_umask() -> int:
+    # The umask can only be read by setting it, so it is set straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 # Pillow's decompression-bomb limit is a module global, so opening a file with
 # a limit of our own swaps it under a lock.
 _PIXEL_LIMIT_LOCK = threading.Lock()
@@ -327,6 +334,9 @@ def save_image(
             image.save(stream, format=image_format, **options)
             stream.flush()
             os.fsync(stream.fileno())
+        # mkstemp creates the file readable by its owner alone; give it the
+        # permissions a plain open() would, as set by the umask.
+        os.chmod(temporary, 0o666 & ~_current_umask())
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

@@ -250,6 +250,14 @@ class TestSaveImage:
         save_image(Image.new("RGB", (8, 8)), tmp_path / "sub" / "out.png")
         assert sorted(os.listdir(tmp_path / "sub")) == ["out.png"]
 
+    def test_permissions_follow_umask(self, tmp_path):
+        previous = os.umask(0o027)
+        try:
+            path = save_image(Image.new("RGB", (4, 4)), tmp_path / "out.png")
+        finally:
+            os.umask(previous)
+        assert path.stat().st_mode & 0o777 == 0o640
+
     def test_replaces_existing_file(self, tmp_path):
         path = tmp_path / "out.png"
         save_image(Image.new("RGB", (8, 8), (255, 0, 0)), path)
