@@ -352,6 +352,16 @@ def _run_run(args: argparse.Namespace) -> int:
     if problems:
         _print_problems(problems, manifest.name)
         return EXIT_INVALID
+    # A quick look at the lock stops a second run before it spends a minute
+    # starting workers and Prefect. The flow takes the lock for real.
+    from flows.plan import OutputLock, OutputLockedError
+
+    try:
+        with OutputLock(plan.output_dir):
+            pass
+    except OutputLockedError as error:
+        print(f"nst run: {error}", file=sys.stderr)
+        return EXIT_FAILED
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nst-cluster") as pool:
         # Worker processes take seconds to import torch and Prefect, so they
