@@ -357,8 +357,7 @@ def _run_run(args: argparse.Namespace) -> int:
     from flows.plan import OutputLock, OutputLockedError
 
     try:
-        with OutputLock(plan.output_dir):
-            pass
+        OutputLock(plan.output_dir).check()
     except OutputLockedError as error:
         print(f"nst run: {error}", file=sys.stderr)
         return EXIT_FAILED

@@ -322,25 +322,38 @@ class OutputLock:
         """
         if self._file is not None:
             return self
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a+", encoding="utf-8")
-        if fcntl is not None:
-            try:
-                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as error:
-                self._file.seek(0)
-                holder = self._file.read().strip() or "another process"
-                self._file.close()
-                self._file = None
-                raise OutputLockedError(
-                    f"Output folder {self.path.parent.parent} is in use by {holder}. "
-                    "Wait for that run to finish or choose another --output-dir"
-                ) from error
+        self._file = self._open_locked()
         self._file.seek(0)
         self._file.truncate()
         self._file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         self._file.flush()
         return self
+
+    def check(self) -> None:
+        """Raise `OutputLockedError` if another run holds the lock, without taking it."""
+        if self._file is not None:
+            return
+        stream = self._open_locked()
+        if fcntl is not None:
+            fcntl.flock(stream.fileno(), fcntl.LOCK_UN)
+        stream.close()
+
+    def _open_locked(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        stream = open(self.path, "a+", encoding="utf-8")
+        if fcntl is None:
+            return stream
+        try:
+            fcntl.flock(stream.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as error:
+            stream.seek(0)
+            holder = stream.read().strip() or "another process"
+            stream.close()
+            raise OutputLockedError(
+                f"Output folder {self.path.parent.parent} is in use by {holder}. "
+                "Wait for that run to finish or choose another --output-dir"
+            ) from error
+        return stream
 
     def __exit__(self, *exc_info: object) -> None:
         if self._file is not None:

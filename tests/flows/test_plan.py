@@ -137,3 +137,14 @@ class TestOutputLock:
             pass
         with OutputLock(tmp_path) as lock:
             assert lock.path.exists()
+
+
+def test_lock_check_names_holder_without_taking_it(tmp_path):
+    free = OutputLock(tmp_path / "free")
+    free.check()
+    assert free.path.read_text() == ""
+
+    with OutputLock(tmp_path / "busy"):
+        with pytest.raises(OutputLockedError, match=r"busy is in use by pid \d+ on .*choose another --output-dir"):
+            OutputLock(tmp_path / "busy").check()
+    OutputLock(tmp_path / "busy").check()
