@@ -310,6 +310,12 @@ def _check(settings: TransferSettings) -> list[str]:
     check_int("steps", 1, MAX_STEPS)
     check_int("seed", 0, 2**63 - 1)
     check_int("min_side", 1, MAX_SIZE)
+    for name in ("size", "style_size"):
+        value, minimum = getattr(settings, name), settings.min_side
+        if isinstance(value, int) and isinstance(minimum, int) and 0 < value < minimum:
+            problems.append(
+                f"{name} must be at least min_side ({minimum} px), or no image could be used. Got {value}"
+            )
     if settings.max_image_pixels is not None:
         check_int("max_image_pixels", 1, None)
     for name in ("content_weight", "style_weight", "tv_weight"):

@@ -29,7 +29,7 @@ from PIL import Image
 from .devices import parse_device
 from .errors import NSTError, NonFiniteLossError
 from .features import FeatureExtractor, load_feature_extractor
-from .images import ImageSource, load_image, save_image, tensor_to_image
+from .images import SAVE_FORMATS, ImageSource, load_image, save_image, tensor_to_image
 from .losses import content_loss, gram_matrix, style_loss, total_variation
 from .settings import TransferSettings
 from .weights import DEFAULT_WEIGHTS, WeightsSpec, weights_id
@@ -231,6 +231,7 @@ def transfer_batch(
     outputs = list(outputs) if outputs is not None else [None] * len(pairs)
     if len(outputs) != len(pairs):
         raise ValueError(f"outputs must have one entry per pair ({len(pairs)}). Got {len(outputs)}")
+    _check_outputs(pairs, outputs)
     if settings.optimizer == "lbfgs" and len(pairs) > 1:
         results = []
         for pair, output in zip(pairs, outputs):
@@ -264,6 +265,29 @@ def transfer_batch(
         Timings(decode=decode_seconds, features=features_seconds, optimize=optimize_seconds),
         return_exceptions,
     )
+
+
+def _check_outputs(
+    pairs: Sequence[tuple[ImageSource, ImageSource]],
+    outputs: Sequence[str | os.PathLike | None],
+) -> None:
+    # Checked before optimising, so that a bad path fails in a moment rather
+    # than after minutes of work, and a result never replaces its own input.
+    inputs = {
+        Path(source).resolve() for pair in pairs for source in pair if not isinstance(source, Image.Image)
+    }
+    for output in outputs:
+        if output is None:
+            continue
+        path = Path(output)
+        if path.suffix.lower() not in SAVE_FORMATS:
+            raise ValueError(
+                f"Cannot save '{path}': unsupported extension '{path.suffix}'. Use one of {', '.join(SAVE_FORMATS)}"
+            )
+        if path.resolve() in inputs:
+            raise ValueError(f"Output '{path}' is also an input image. Choose another output path")
+        if path.is_dir():
+            raise ValueError(f"Output '{path}' is a directory. Give a file path such as '{path / 'result.png'}'")
 
 
 def _load(source: ImageSource, settings: TransferSettings, size: int) -> torch.Tensor:

@@ -38,6 +38,14 @@ def _enum_member(spec: str) -> MobileNet_V2_Weights | None:
     return MobileNet_V2_Weights.__members__.get(name)
 
 
+def _reject_default(spec: str) -> None:
+    if spec in ("DEFAULT", "MobileNet_V2_Weights.DEFAULT"):
+        raise ValueError(
+            f"Invalid weights '{spec}': DEFAULT moves with torchvision releases. "
+            f"Name the checkpoint, for example '{DEFAULT_WEIGHTS}'"
+        )
+
+
 def _random_seed(spec: str) -> int | None:
     if spec == "random":
         return 0
@@ -64,6 +72,7 @@ def weights_id(spec: WeightsSpec = DEFAULT_WEIGHTS) -> str:
         ValueError: If the specification is none of the accepted forms.
     """
     text = os.fspath(spec)
+    _reject_default(text)
     member = _enum_member(text)
     if member is not None:
         return member.name
@@ -89,11 +98,7 @@ def load_features_state_dict(spec: WeightsSpec = DEFAULT_WEIGHTS) -> dict[str, t
         ValueError: If the specification is none of the accepted forms.
     """
     text = os.fspath(spec)
-    if text == "DEFAULT" or text == "MobileNet_V2_Weights.DEFAULT":
-        raise ValueError(
-            f"Invalid weights '{text}': DEFAULT moves with torchvision releases. "
-            f"Name the checkpoint, for example '{DEFAULT_WEIGHTS}'"
-        )
+    _reject_default(text)
     member = _enum_member(text)
     if member is not None:
         return _download(member)
@@ -107,7 +112,7 @@ def _existing_file(text: str) -> Path:
     path = Path(text).expanduser()
     if path.is_file():
         return path
-    names = ", ".join(MobileNet_V2_Weights.__members__)
+    names = ", ".join(name for name in MobileNet_V2_Weights.__members__ if name != "DEFAULT")
     if path.exists():
         raise WeightsError(f"Weights path '{path}' is not a file. Pass a .pth state dict")
     raise WeightsError(
@@ -136,7 +141,10 @@ def _load_file(path: str, mtime_ns: int, size: int) -> tuple[tuple[str, torch.Te
     try:
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch.load raises many types for a bad file.
-        raise WeightsError(f"Cannot read weights file '{path}': {error}") from error
+        raise WeightsError(
+            f"Cannot read weights file '{path}': it is not a PyTorch checkpoint that torch.load accepts ({error}). "
+            "Pass torchvision's mobilenet_v2 .pth file"
+        ) from error
     if isinstance(loaded, dict) and isinstance(loaded.get("state_dict"), dict):
         loaded = loaded["state_dict"]
     if not isinstance(loaded, dict) or not all(isinstance(value, torch.Tensor) for value in loaded.values()):

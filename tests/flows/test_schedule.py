@@ -261,7 +261,7 @@ def test_nst_schedule_creates_cron_deployment(
     assert deployment.parameters == {
         "manifest": str(manifest),
         "output_dir": str(output_dir),
-        "weights": str(standin_weights),
+        "weights": str(standin_weights.resolve()),
         "defaults": {"steps": "4"},
         "cluster": "tcp://127.0.0.1:8786",
     }

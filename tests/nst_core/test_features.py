@@ -43,6 +43,8 @@ class TestWeights:
         assert weights_id("IMAGENET1K_V1") == "IMAGENET1K_V1"
         assert weights_id("MobileNet_V2_Weights.IMAGENET1K_V1") == "IMAGENET1K_V1"
         assert weights_id("random") == "random:0"
+        with pytest.raises(ValueError, match="DEFAULT moves with torchvision releases"):
+            weights_id("DEFAULT")
         assert weights_id(standin_weights) == "sha256:2ddfe1dca4c7ad08"
 
     def test_default_alias_is_rejected(self):

@@ -95,3 +95,9 @@ class TestSettingsHash:
 
     def test_decode_limit_does_not_change_hash(self):
         assert TransferSettings(max_image_pixels=None).settings_hash() == TransferSettings().settings_hash()
+
+
+def test_size_below_min_side_is_rejected():
+    with pytest.raises(SettingsError, match=r"size must be at least min_side \(32 px\).*Got 16"):
+        TransferSettings(size=16)
+    assert TransferSettings(size=16, min_side=8).size == 16

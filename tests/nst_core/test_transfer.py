@@ -211,3 +211,21 @@ class TestTransferBatch:
         settings = TransferSettings(size=64, steps=12, init="noise", content_weight=1e38)
         results = transfer_batch(pairs[:2], settings, weights=standin_weights, return_exceptions=True)
         assert all(isinstance(result, NonFiniteLossError) for result in results)
+
+
+class TestOutputChecks:
+    def test_output_equal_to_input_is_rejected(self, tmp_path, standin_weights):
+        photo = tmp_path / "photo.png"
+        Image.new("RGB", (64, 48), (10, 20, 30)).save(photo)
+        before = photo.read_bytes()
+        with pytest.raises(ValueError, match="photo.png' is also an input image"):
+            transfer(photo, photo, TransferSettings(size=64, steps=1), weights=standin_weights, output=photo)
+        assert photo.read_bytes() == before
+
+    def test_unsupported_extension_fails_before_optimising(self, tmp_path, standin_weights):
+        seen = []
+        with pytest.raises(ValueError, match=r"a.gif': unsupported extension '.gif'"):
+            transfer(Image.new("RGB", (64, 48)), Image.new("RGB", (64, 64)), TransferSettings(size=64, steps=5),
+                     weights=standin_weights, output=tmp_path / "a.gif",
+                     progress=lambda step, steps: seen.append(step))
+        assert seen == []
