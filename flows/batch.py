@@ -7,6 +7,7 @@ pass them from the Prefect UI.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -78,8 +79,6 @@ def load_batch(
         ValueError: If neither a manifest nor both folders are given, or both are.
         ManifestError: If the manifest file cannot be read at all.
     """
-    from nst_core import weights_id
-
     if manifest is not None and (content_dir is not None or style_dir is not None):
         raise ValueError("Give either a manifest or content_dir and style_dir, not both")
     if manifest is not None:
@@ -92,8 +91,45 @@ def load_batch(
         raise ValueError("Give a manifest file, or both content_dir and style_dir for folder mode")
 
     target = Path(output_dir) if output_dir is not None else default_output_dir(loaded)
-    plan = make_plan(loaded, target, weights_identity=weights_id(weights), force=force)
+    identity, weights_problem = _check_weights(weights)
+    plan = make_plan(loaded, target, weights_identity=identity, force=force)
+    if weights_problem is not None:
+        plan.problems.insert(0, weights_problem)
+    if target.exists() and not target.is_dir():
+        plan.problems.insert(0, f"output folder '{target}' is a file. Choose a folder with --output-dir")
+    elif target.is_dir() and not os.access(target, os.W_OK):
+        plan.problems.insert(0, f"output folder '{target}' is not writable. Choose another --output-dir")
+    inputs = {path.resolve() for pair in plan.pairs for path in (pair.content, pair.style)}
+    for pair in plan.pairs:
+        if pair.output.resolve() in inputs:
+            plan.problems.append(
+                f"{pair.location}: output '{pair.output}' is also an input image of the batch, and writing it "
+                "would replace that image. Choose another output name or --output-dir"
+            )
+    for location, folder in loaded.image_folders:
+        if target.resolve() == folder:
+            plan.problems.insert(
+                0,
+                f"{location}: output folder '{target}' is also an image folder of the batch, so each run would "
+                "stylise the results of the last one. Choose another --output-dir",
+            )
     return loaded, plan
+
+
+def _check_weights(weights: str) -> tuple[str, str | None]:
+    """Load the weights once, before any pair runs, and return their identity and any problem.
+
+    A missing or broken weights file would otherwise fail every pair of the
+    batch, one by one. Loading here also downloads torchvision's checkpoint
+    into the cache once, instead of once per worker.
+    """
+    from nst_core import WeightsError, load_features_state_dict, weights_id
+
+    try:
+        load_features_state_dict(weights)
+        return weights_id(weights), None
+    except (WeightsError, ValueError) as error:
+        return f"unusable:{weights}", f"weights: {error}"
 
 
 @flow(name="nst-batch", validate_parameters=True)

@@ -12,7 +12,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,6 +43,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``nst`` command with ``argv`` (defaults to ``sys.argv[1:]``) and return the exit code."""
     for name, value in {**_OFFLINE_DEFAULTS, **_SERVER_DEFAULTS}.items():
         os.environ.setdefault(name, value)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (systemd, cron timeouts, kill) ends the run like Ctrl-C, so
+        # that context managers and exit handlers stop the workers and
+        # Prefect's temporary server instead of leaving them running.
+        signal.signal(signal.SIGTERM, _exit_on_signal)
 
     parser = argparse.ArgumentParser(prog="nst", description="Batch neural style transfer with MobileNetV2.")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -51,6 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     _add_schedule_parser(subparsers)
     args = parser.parse_args(argv)
     return args.handler(args)
+
+
+def _exit_on_signal(number: int, frame: object) -> None:
+    raise SystemExit(128 + number)
 
 
 # --- shared options ---------------------------------------------------------
@@ -189,7 +200,9 @@ def _run_transfer(args: argparse.Namespace) -> int:
         if progress is not None:
             progress.close()
         print(f"nst transfer: {error}", file=sys.stderr)
-        return EXIT_FAILED
+        # A ValueError is about the options (device, output path); the other
+        # errors are about the images or the run itself.
+        return EXIT_INVALID if isinstance(error, ValueError) else EXIT_FAILED
     if progress is not None:
         progress.close()
     timings = result.timings

@@ -93,6 +93,8 @@ class Manifest:
         problems: Every problem found, each starting with its location.
         rejected_outputs: ``(location, output)`` of pairs left out because of
             problems, so that the plan can still check where they would write.
+        image_folders: ``(location, folder)`` of each folder whose images
+            folder mode pairs, resolved.
     """
 
     source: Path | None
@@ -100,6 +102,7 @@ class Manifest:
     pairs: list[PairSpec]
     problems: list[str]
     rejected_outputs: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+    image_folders: list[tuple[str, Path]] = dataclasses.field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -417,6 +420,7 @@ def _list_images(
     folder: str | os.PathLike[str], pattern: str | None, kind: str, manifest: Manifest, location: str
 ) -> list[Path]:
     path = (manifest.base_dir / Path(folder).expanduser()).resolve()
+    manifest.image_folders.append((location, path))
     if not path.is_dir():
         manifest.problems.append(f"{location}: {kind} folder '{folder}' not found (resolved to {path})")
         return []
