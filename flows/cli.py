@@ -374,6 +374,14 @@ def _run_run(args: argparse.Namespace) -> int:
     except OutputLockedError as error:
         print(f"nst run: {error}", file=sys.stderr)
         return EXIT_FAILED
+    if cluster_plan.address is not None and plan.to_run:
+        from flows.workers import check_scheduler
+
+        try:
+            check_scheduler(cluster_plan.address)
+        except ValueError as error:
+            print(f"nst run: {error}", file=sys.stderr)
+            return EXIT_INVALID
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nst-cluster") as pool:
         # Worker processes take seconds to import torch and Prefect, so they

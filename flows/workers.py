@@ -266,6 +266,36 @@ def start_task_runner(runner: DaskTaskRunner, plan: ClusterPlan) -> None:
         client.register_plugin(DeviceAssignment(plan.devices, plan.threads))
 
 
+def check_scheduler(address: str, timeout: float = 15.0) -> None:
+    """Raise ValueError unless a Dask scheduler answers at ``address`` within ``timeout`` seconds.
+
+    An address that accepts connections but is not a Dask scheduler (a web
+    server, say) would otherwise leave the run waiting for a handshake that
+    never comes.
+    """
+    import asyncio
+
+    from distributed.comm import connect
+
+    async def identify() -> dict:
+        comm = await connect(address, timeout=timeout)
+        try:
+            await comm.write({"op": "identity", "reply": True})
+            return await comm.read()
+        finally:
+            await comm.close()
+
+    try:
+        reply = asyncio.run(asyncio.wait_for(identify(), timeout))
+    except (OSError, asyncio.TimeoutError, TimeoutError) as error:
+        raise ValueError(
+            f"No Dask scheduler answered at {address} within {timeout:.0f} s ({type(error).__name__}: {error}). "
+            "Check --cluster: it takes the tcp://HOST:PORT that 'dask scheduler' prints"
+        ) from error
+    if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
+        raise ValueError(f"{address} answered, but not as a Dask scheduler. Check --cluster")
+
+
 def worker_device() -> str:
     """Return the device of the current worker process.
 

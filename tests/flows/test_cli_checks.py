@@ -88,3 +88,20 @@ def test_manifest_output_that_is_an_input_image(tmp_path, content_dir, style_dir
     assert result.returncode == 2
     assert "output '" in result.stderr and "is also an input image of the batch" in result.stderr
     assert (outputs / "mine.png").read_bytes() == before
+
+
+def test_cluster_address_that_is_not_a_scheduler():
+    import socket
+
+    import pytest
+
+    from flows.workers import check_scheduler
+
+    # A listening socket that never answers, like a web server waiting for a
+    # request, must not leave the run waiting for ever.
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+        with pytest.raises(ValueError, match=r"No Dask scheduler answered at tcp://127.0.0.1:\d+ within 2 s"):
+            check_scheduler(address, timeout=2)
