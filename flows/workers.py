@@ -267,7 +267,7 @@ def start_task_runner(runner: DaskTaskRunner, plan: ClusterPlan) -> None:
 
 
 def check_scheduler(address: str, timeout: float = 15.0) -> None:
-    """Raise ValueError unless a Dask scheduler answers at ``address`` within ``timeout`` seconds.
+    """Raise ValueError unless a Dask scheduler responds at ``address`` within ``timeout`` seconds.
 
     An address that accepts connections but is not a Dask scheduler (a web
     server, say) would otherwise leave the run waiting for a handshake that
@@ -289,11 +289,11 @@ def check_scheduler(address: str, timeout: float = 15.0) -> None:
         reply = asyncio.run(asyncio.wait_for(identify(), timeout))
     except (OSError, asyncio.TimeoutError, TimeoutError) as error:
         raise ValueError(
-            f"No Dask scheduler answered at {address} within {timeout:.0f} s ({type(error).__name__}: {error}). "
+            f"No Dask scheduler responded at {address} within {timeout:.0f} s ({type(error).__name__}: {error}). "
             "Check --cluster: it takes the tcp://HOST:PORT that 'dask scheduler' prints"
         ) from error
     if not isinstance(reply, dict) or reply.get("type") != "Scheduler":
-        raise ValueError(f"{address} answered, but not as a Dask scheduler. Check --cluster")
+        raise ValueError(f"{address} responded, but not as a Dask scheduler. Check --cluster")
 
 
 def worker_device() -> str:

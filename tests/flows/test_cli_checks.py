@@ -86,7 +86,7 @@ def test_manifest_output_that_is_an_input_image(tmp_path, content_dir, style_dir
     manifest.write_text("pairs:\n  - {content: outputs/mine.png, style: style.jpg, output: mine.png}\n")
     result = _nst("run", str(manifest), "--weights", str(standin_weights))
     assert result.returncode == 2
-    assert "output '" in result.stderr and "is also an input image of the batch" in result.stderr
+    assert "is also an input image of the batch" in result.stderr
     assert (outputs / "mine.png").read_bytes() == before
 
 
@@ -97,11 +97,11 @@ def test_cluster_address_that_is_not_a_scheduler():
 
     from flows.workers import check_scheduler
 
-    # A listening socket that never answers, like a web server waiting for a
+    # A listening socket that never responds, like a web server waiting for a
     # request, must not leave the run waiting for ever.
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         address = f"tcp://127.0.0.1:{listener.getsockname()[1]}"
-        with pytest.raises(ValueError, match=r"No Dask scheduler answered at tcp://127.0.0.1:\d+ within 2 s"):
+        with pytest.raises(ValueError, match=r"No Dask scheduler responded at tcp://127.0.0.1:\d+ within 2 s"):
             check_scheduler(address, timeout=2)
