@@ -131,6 +131,13 @@ def _load(args: argparse.Namespace):
     )
 
 
+def _parse_devices(text: str | None) -> list[str] | None:
+    """Split a comma-separated ``--devices`` value, or return ``None`` when it is not given."""
+    if not text:
+        return None
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
 def _print_problems(problems: Sequence[str], source: str) -> None:
     print(f"{source}: {len(problems)} problems, nothing was run:", file=sys.stderr)
     for problem in problems:
@@ -292,7 +299,7 @@ def _add_report_parser(subparsers: argparse._SubParsersAction) -> None:
         "report.csv and loss histories. A last line cut off by an interrupted run is skipped with a warning, "
         "and a missing image gets a placeholder. Exits 2 when OUTPUT_DIR holds no readable report.csv.",
     )
-    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="the run's output folder, which holds report.csv")
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="the run's output folder, which contains report.csv")
     parser.set_defaults(handler=_run_report)
 
 
@@ -347,7 +354,7 @@ def _run_run(args: argparse.Namespace) -> int:
     if usage_error:
         print(usage_error, file=sys.stderr)
         return EXIT_INVALID
-    devices = [item.strip() for item in args.devices.split(",") if item.strip()] if args.devices else None
+    devices = _parse_devices(args.devices)
     try:
         cluster_plan = plan_cluster(devices, args.workers, args.cluster)
     except ValueError as error:
@@ -491,7 +498,7 @@ def _run_schedule(args: argparse.Namespace) -> int:
     if usage_error:
         print(usage_error, file=sys.stderr)
         return EXIT_INVALID
-    devices = [item.strip() for item in args.devices.split(",") if item.strip()] if args.devices else None
+    devices = _parse_devices(args.devices)
     try:
         # NOTE: --devices is checked against this machine's GPUs, which are
         # the worker's only when the worker runs on this machine.

@@ -69,7 +69,7 @@ def weights_id(spec: WeightsSpec = DEFAULT_WEIGHTS) -> str:
 
     Raises:
         WeightsError: If a local file cannot be read.
-        ValueError: If the specification is none of the accepted forms.
+        ValueError: If the specification matches none of the accepted forms.
     """
     text = os.fspath(spec)
     _reject_default(text)
@@ -95,7 +95,7 @@ def load_features_state_dict(spec: WeightsSpec = DEFAULT_WEIGHTS) -> dict[str, t
     Raises:
         WeightsError: If the download fails, or the file cannot be read or does
             not hold MobileNetV2 features.
-        ValueError: If the specification is none of the accepted forms.
+        ValueError: If the specification matches none of the accepted forms.
     """
     text = os.fspath(spec)
     _reject_default(text)

@@ -66,8 +66,10 @@ class TestDecodeImage:
         actual = decode_image(path)
         assert actual.shape == (60, 40, 3)
         top, bottom = actual[5, 20], actual[-5, 20]
-        assert top[0] > 0.9 and top[2] < 0.1
-        assert bottom[2] > 0.9 and bottom[0] < 0.1
+        assert top[0] > 0.9
+        assert top[2] < 0.1
+        assert bottom[2] > 0.9
+        assert bottom[0] < 0.1
 
     def test_transparent_area_comes_out_white(self, tmp_path):
         rgba = np.zeros((10, 20, 4), dtype=np.uint8)
@@ -109,14 +111,17 @@ class TestDecodeImage:
     def test_cmyk_jpeg_becomes_rgb(self, tmp_path):
         path = _save(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), tmp_path / "cmyk.jpg", quality=95)
         red, green, blue = decode_image(path)[8, 8]
-        assert red > 0.9 and green < 0.1 and blue < 0.1
+        assert red > 0.9
+        assert green < 0.1
+        assert blue < 0.1
 
     def test_animation_uses_first_frame(self, tmp_path):
         frames = [Image.new("RGB", (10, 10), (255, 0, 0)), Image.new("RGB", (10, 10), (0, 0, 255))]
         path = tmp_path / "animated.gif"
         frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
         red, green, blue = decode_image(path)[5, 5]
-        assert red > 0.9 and blue < 0.1
+        assert red > 0.9
+        assert blue < 0.1
 
     def test_large_jpeg_is_decoded_at_reduced_size(self, tmp_path):
         path = _save(Image.new("RGB", (4000, 2400), (10, 200, 30)), tmp_path / "large.jpg")

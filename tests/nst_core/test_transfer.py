@@ -112,7 +112,8 @@ class TestTransfer:
             assert settings["size"] == 256
             assert saved.text["nst:settings_hash"] == result.settings.settings_hash(result.weights)
         assert result.total_loss == pytest.approx(result.content_loss + 1e5 * result.style_loss, rel=1e-5)
-        assert result.timings.optimize > 0 and result.timings.total >= result.timings.optimize
+        assert result.timings.optimize > 0
+        assert result.timings.total >= result.timings.optimize
         assert result.device == "cpu"
         assert result.peak_memory_bytes > 0
 
